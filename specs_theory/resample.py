@@ -1,0 +1,124 @@
+"""Resampling schemes for sequential Monte Carlo.
+
+Every scheme has the same signature ``(key, log_weights, num_samples) ->
+ancestors``: ``log_weights`` is a (N,) array of unnormalised log-weights
+(``-inf`` for a zero weight), ``num_samples`` a static Python int, and the
+result a (num_samples,) int32 array of ancestor indices. A zero-weight
+particle is never chosen, also when a float32 cumulative sum ends below 1.
+All schemes are unbiased: E[#copies of i] = num_samples * w_i / sum(w).
+
+    multinomial  iid draws from Cat(w)
+    stratified   one uniform per stratum [j/M, (j+1)/M)
+    systematic   one uniform shared by all strata
+    residual     floor(M w_i) deterministic copies, the rest multinomial
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["multinomial", "stratified", "systematic", "residual", "RESAMPLERS", "get_resampler"]
+
+
+def _normalised(log_weights):
+    log_weights = jnp.asarray(log_weights)
+    if log_weights.ndim != 1:
+        raise ValueError(f"log_weights must be 1-D (particles,), got shape {log_weights.shape}")
+    lw = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
+    return jnp.exp(lw - jax.nn.logsumexp(lw))
+
+
+def _check_num_samples(num_samples):
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a Python int >= 1, got {num_samples!r}")
+
+
+def _inverse_cdf(u, w):
+    """Indices i with cumsum(w)[i-1] <= u < cumsum(w)[i], for sorted u in [0, 1).
+
+    A zero-weight particle repeats its predecessor's cumulative sum, so the
+    first index whose cumulative sum exceeds u is never a zero-weight one.
+    If rounding leaves u above the final sum, the last positive-weight
+    particle is used instead of running off the end.
+    """
+    cdf = jnp.cumsum(w)
+    idx = jnp.searchsorted(cdf, u, side="right")
+    last_positive = w.shape[0] - 1 - jnp.argmax((w > 0)[::-1])
+    return jnp.where(idx >= w.shape[0], last_positive, idx).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("num_samples",))
+def _multinomial(key, log_weights, num_samples):
+    lw = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
+    return jax.random.categorical(key, lw, shape=(num_samples,)).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("num_samples",))
+def _stratified(key, log_weights, num_samples):
+    w = _normalised(log_weights)
+    u = (jnp.arange(num_samples) + jax.random.uniform(key, (num_samples,), dtype=w.dtype)) / num_samples
+    return _inverse_cdf(u, w)
+
+
+@partial(jax.jit, static_argnames=("num_samples",))
+def _systematic(key, log_weights, num_samples):
+    w = _normalised(log_weights)
+    u = (jnp.arange(num_samples) + jax.random.uniform(key, (), dtype=w.dtype)) / num_samples
+    return _inverse_cdf(u, w)
+
+
+@partial(jax.jit, static_argnames=("num_samples",))
+def _residual(key, log_weights, num_samples):
+    w = _normalised(log_weights)
+    n = w.shape[0]
+    scaled = num_samples * w
+    copies = jnp.floor(scaled).astype(jnp.int32)
+    fixed = jnp.repeat(jnp.arange(n, dtype=jnp.int32), copies, total_repeat_length=num_samples)
+    num_fixed = jnp.minimum(jnp.sum(copies), num_samples)
+    residual_w = jnp.where(w > 0, jnp.maximum(scaled - copies, 0.0), 0.0)
+    # If every residual is zero there is nothing left to draw; any positive-
+    # weight particle is a safe placeholder for the unused slots.
+    residual_lw = jnp.where(jnp.any(residual_w > 0), jnp.log(residual_w), jnp.log(w))
+    drawn = jax.random.categorical(key, residual_lw, shape=(num_samples,)).astype(jnp.int32)
+    return jnp.where(jnp.arange(num_samples) < num_fixed, fixed, drawn)
+
+
+def _public(impl, name):
+    def scheme(key, log_weights, num_samples):
+        _check_num_samples(num_samples)
+        log_weights = jnp.asarray(log_weights)
+        if log_weights.ndim != 1:
+            raise ValueError(f"log_weights must be 1-D (particles,), got shape {log_weights.shape}")
+        if not jnp.issubdtype(log_weights.dtype, jnp.floating):
+            log_weights = log_weights.astype(jnp.result_type(float))
+        return impl(key, log_weights, num_samples)
+
+    scheme.__name__ = scheme.__qualname__ = name
+    scheme.__doc__ = f"{name.capitalize()} resampling: (key, log_weights (N,), num_samples) -> (num_samples,) int32 ancestors."
+    return scheme
+
+
+multinomial = _public(_multinomial, "multinomial")
+stratified = _public(_stratified, "stratified")
+systematic = _public(_systematic, "systematic")
+residual = _public(_residual, "residual")
+
+RESAMPLERS = {
+    "multinomial": multinomial,
+    "stratified": stratified,
+    "systematic": systematic,
+    "residual": residual,
+}
+
+
+def get_resampler(name: str):
+    """The resampling function registered under ``name``."""
+    try:
+        return RESAMPLERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown resampling scheme {name!r}; choose one of {sorted(RESAMPLERS)}"
+        ) from None
