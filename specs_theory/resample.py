@@ -75,7 +75,9 @@ def _residual(key, log_weights, num_samples):
     w = _normalised(log_weights)
     n = w.shape[0]
     scaled = num_samples * w
-    copies = jnp.floor(scaled).astype(jnp.int32)
+    # Tolerate rounding: N * w = 0.99999999 still earns its deterministic copy.
+    tol = 8 * num_samples * jnp.finfo(w.dtype).eps
+    copies = jnp.floor(scaled + tol).astype(jnp.int32)
     fixed = jnp.repeat(jnp.arange(n, dtype=jnp.int32), copies, total_repeat_length=num_samples)
     num_fixed = jnp.minimum(jnp.sum(copies), num_samples)
     residual_w = jnp.where(w > 0, jnp.maximum(scaled - copies, 0.0), 0.0)
