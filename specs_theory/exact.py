@@ -205,7 +205,7 @@ def sir_logprobs(log_q, log_w, n, *, step: float = 0.1, num_nodes: int | None = 
         # P5: the grid spans each row's whole log-weight range at spacing <= step;
         # one node count for the batch, rounded up to limit recompilation.
         span = float(jnp.max(hi - lo))
-        num_nodes = 64 * math.ceil((span / step + 2) / 64)
+        num_nodes = 256 * math.ceil((span / step + 2) / 256)
     elif num_nodes < 3:
         raise ValueError(f"num_nodes must be >= 3, got {num_nodes}")
     batch = max(1, min(lq.shape[0], (1 << 20) // (num_nodes * K)))
@@ -343,7 +343,11 @@ def best_of_n_logprobs(log_q, g, n, *, atol: float = 0.0):
     log_q = jnp.asarray(log_q, dtype=jnp.float64)
     g = jnp.asarray(g, dtype=jnp.float64)
     log_q, g = jnp.broadcast_arrays(log_q, g)
-    n = _check_n(n)
+    return _bon_kernel(log_q, g, _check_n(n), jnp.asarray(atol, dtype=jnp.float64))
+
+
+@jax.jit
+def _bon_kernel(log_q, g, n, atol):
     lq = log_q - logsumexp(log_q, axis=-1, keepdims=True)
     diff = g[..., None, :] - g[..., :, None]  # [..., y, y'] = g(y') - g(y)
     lq_row = jnp.broadcast_to(lq[..., None, :], diff.shape)

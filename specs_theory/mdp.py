@@ -15,6 +15,7 @@ A *policy* is a tuple of H arrays of log-probabilities, the h-th of shape
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import jax
@@ -170,7 +171,7 @@ class BlockMDP:
         out = (r < 0) | (r > R)
         if out.any():
             i = int(np.argmax(out))
-            raise ValueError(f"reward must lie in [0, reward_range={R}]; reward[{i}] = {r[i]!r}")
+            raise ValueError(f"reward must lie in [0, reward_range={R}]; reward[{i}] = {float(r[i])!r}")
         return cls(K, H, beta_f, R, tables["target_probs"], tables["draft_probs"], jnp.asarray(r))
 
 
@@ -218,9 +219,9 @@ def sequence_view(mdp: BlockMDP) -> BlockMDP:
 
 
 def _log_dirichlet1(key, shape) -> jax.Array:
-    """log of rows ~ Dirichlet(1, ..., 1) along the last axis (never -inf)."""
-    lg = jax.random.loggamma(key, 1.0, shape, dtype=jnp.float64)
-    return jax.nn.log_softmax(lg, axis=-1)
+    """log of rows ~ Dirichlet(1, ..., 1) along the last axis (never -inf):
+    normalised Exp(1) = Gamma(1) draws, and log Exp(1) = -Gumbel."""
+    return jax.nn.log_softmax(-jax.random.gumbel(key, shape, dtype=jnp.float64), axis=-1)
 
 
 def random_mdp(
@@ -248,16 +249,23 @@ def random_mdp(
         raise ValueError(f"reward_range must be finite and > 0, got {reward_range!r}")
     if reward_kind not in ("uniform", "sparse"):
         raise ValueError(f"reward_kind must be 'uniform' or 'sparse', got {reward_kind!r}")
+    return _random_mdp(key, K, H, float(beta), float(reward_range), float(draft_noise),
+                       reward_kind, float(sparse_p))
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3, 4, 6))
+def _random_mdp(key, K, H, beta, reward_range, draft_noise, reward_kind, sparse_p):
     k_t, k_d, k_r, k_i = jax.random.split(key, 4)
-    t_keys = jax.random.split(k_t, H)
-    d_keys = jax.random.split(k_d, H)
-    target, draft = [], []
-    for h in range(H):
-        lt = _log_dirichlet1(t_keys[h], (K**h, K))
-        noise = jax.random.normal(d_keys[h], (K**h, K), dtype=jnp.float64)
-        target.append(lt)
-        draft.append(jax.nn.log_softmax(lt + draft_noise * noise, axis=-1))
-    R = float(reward_range)
+    # one draw for all states of all depths (fewer random ops to compile)
+    S = sum(K**h for h in range(H))
+    lt_all = _log_dirichlet1(k_t, (S, K))
+    ld_all = jax.nn.log_softmax(
+        lt_all + draft_noise * jax.random.normal(k_d, (S, K), dtype=jnp.float64), axis=-1
+    )
+    cuts = np.cumsum([K**h for h in range(H)])[:-1]
+    target = jnp.split(lt_all, cuts)
+    draft = jnp.split(ld_all, cuts)
+    R = reward_range
     if reward_kind == "uniform":
         reward = jax.random.uniform(k_r, (K**H,), dtype=jnp.float64, maxval=R)
     else:
@@ -265,4 +273,4 @@ def random_mdp(
         forced = jax.random.randint(k_i, (), 0, K**H)
         hit = jnp.where(jnp.any(hit), hit, jnp.arange(K**H) == forced)
         reward = jnp.where(hit, R, 0.0).astype(jnp.float64)
-    return BlockMDP(K, H, float(beta), R, tuple(target), tuple(draft), reward)
+    return BlockMDP(K, H, beta, R, tuple(target), tuple(draft), reward)
