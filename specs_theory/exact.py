@@ -422,9 +422,10 @@ def specs_policy(
               BoN_n[pi_t, g]          (``"greedy"``, ties uniform).
 
     The score g is Q*(s,y) in [0, R] (``score="q"``) or A*(s,y) (``"a"``).
-    ``threshold=None`` means no threshold: every draft may pass, no deferral
-    (rho_def = 0).  Zero probabilities (no A1) are allowed: a draft with zero
-    weight never passes.  Evaluated for all states of all depths in one
+    ``threshold=None`` means no threshold: every draft may pass, so under A1
+    it never defers (rho_def = 0).  Zero probabilities (no A1) are allowed: a
+    draft with zero weight (pi_t = 0) never passes, and "defer" means no draft
+    in P_tau and {w > 0}, with or without a threshold.  Evaluated for all states of all depths in one
     batched Theorem A call.
     """
     if target_mode not in ("soft", "greedy"):
@@ -437,21 +438,24 @@ def specs_policy(
     lt = _stack(mdp.target_logp)
     lstar = _stack(optimal_policy(mdp, V))
     log_w = _masked_diff(lstar, ld)
-    if threshold is None:
-        logp = sir_logprobs(ld, log_w, n, step=step)
-        defer = jnp.zeros(ld.shape[:-1])
-    else:
+    # a draft passes when its score is above tau and its weight is > 0 (without
+    # A1 a zero-weight draft can never be selected; "no threshold" keeps the
+    # second condition, so under A1 it never defers).
+    passing = log_w > -jnp.inf
+    if threshold is not None:
         g = _stack(q_values(mdp, V) if score == "q" else advantages(mdp, V))
-        passing = (g > threshold) & (log_w > -jnp.inf)
-        log_fail = logsumexp(jnp.where(passing, -jnp.inf, ld), axis=-1)  # log(1 - a)
-        log_rho = jnp.where(log_fail == -jnp.inf, -jnp.inf, n_arr * log_fail)
-        draft = sir_logprobs(ld, jnp.where(passing, log_w, -jnp.inf), n, step=step)
+        passing = passing & (g > threshold)
+    log_fail = logsumexp(jnp.where(passing, -jnp.inf, ld), axis=-1)  # log(1 - a(s))
+    log_rho = jnp.where(log_fail == -jnp.inf, -jnp.inf, n_arr * log_fail)
+    logp = sir_logprobs(ld, jnp.where(passing, log_w, -jnp.inf), n, step=step)
+    if bool(jnp.any(log_rho > -jnp.inf)):
         if target_mode == "soft":
             target = sir_logprobs(lt, _masked_diff(lstar, lt), n, step=step)
         else:
-            target = best_of_n_logprobs(lt, jnp.where(lt == -jnp.inf, -jnp.inf, g), n)
-        logp = jnp.logaddexp(draft, log_rho[:, None] + target)
-        defer = jnp.exp(log_rho)
+            g = _stack(q_values(mdp, V) if score == "q" else advantages(mdp, V))
+            target = best_of_n_logprobs(lt, g, n)
+        logp = jnp.logaddexp(logp, log_rho[:, None] + target)
+    defer = jnp.exp(log_rho)
     return SpecsPolicy(_split(mdp, logp), _split(mdp, defer))
 
 
