@@ -1,9 +1,9 @@
-"""Grading final answers: extract the answer, compare it with math-verify under a hard timeout.
+r"""Grading final answers: extract the answer, compare it with math-verify under a hard timeout.
 
 Two steps, each a public function:
 
 - `extract_answer(text)` finds the final answer in a model response (the
-  last ``\\boxed{...}``, else an answer phrase; see its docstring).
+  last ``\boxed{...}``, else an answer phrase; see its docstring).
 - `is_equivalent(predicted, gold)` / `Grader.grade` decide whether two answers
   are mathematically the same, with math-verify (``math_verify.parse`` on both,
   then ``math_verify.verify(gold, predicted)``; gold first, the function is
@@ -23,9 +23,25 @@ Before math-verify sees them, answers are normalised by `normalize_math`
 the delimiters math-verify's LaTeX extraction looks for. Two answers that are
 identical after normalisation are equal without calling the worker.
 
-Known disagreements of math-verify 0.9 with a human grader are listed in
-``tests/test_grading.py`` (``MATH_VERIFY_DISAGREES``) and checked there, so a
-new math-verify version that fixes or changes them is noticed.
+Known disagreements of math-verify 0.9 with a human grader (each pinned by a
+test in ``tests/test_grading.py``, ``MATH_VERIFY_DISAGREES``, so a new
+math-verify version that changes them is noticed):
+
+- decimal percentages: ``62.5`` vs gold ``62.5\%`` is wrong, while ``8`` vs
+  ``8\%`` is right;
+- a relation vs an interval is compared only when the *prediction* is the
+  interval: ``[2,5]`` vs gold ``2 \le x \le 5`` is right, ``2 \le x \le 5``
+  vs gold ``[2,5]`` (or ``x \le 3`` vs ``(-\infty, 3]``) is wrong;
+- a column vector ``\begin{pmatrix} 1 \\ 2 \end{pmatrix}`` vs the point
+  ``(1,2)`` is wrong; ``e^{i\pi}`` vs ``-1`` is wrong;
+- lenient: the set ``\{1,2\}`` is accepted for the ordered pair ``(1,2)``;
+  unevaluated sums, integrals and limits are evaluated and accepted
+  (``\sum_{k=1}^{10} k`` for ``55``); units and ``\text{}`` words are
+  dropped (``5\text{ inches}`` for ``5``); a base subscript is dropped
+  (``2516`` for ``2516_8``);
+- gold answers math-verify cannot parse match only themselves (string
+  comparison): OlympiadBench 1782 ``m_{\max }=n^{2}-n-1`` and 2045
+  ``t(0,4]`` (a typo in the source data).
 """
 
 from __future__ import annotations
@@ -225,9 +241,10 @@ class Grader:
         start_timeout: limit in seconds for a new worker to import math-verify
             and report ready; exceeding it raises ``RuntimeError`` (the
             environment is broken; no grade is recorded).
-        _compare: test hook only: a picklable module-level function
-            ``(predicted, gold) -> (correct, detail)`` run in the worker
-            instead of math-verify.
+        _compare: test hook only: a module-level function ``(predicted,
+            gold) -> (correct, detail)`` that the worker imports (by module
+            and name, with the parent's ``sys.path``) and runs instead of
+            math-verify.
     """
 
     def __init__(
@@ -352,8 +369,12 @@ class Grader:
 
 
 def _check_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value < float("inf")
+    ):
+        raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
 
 
 class _Worker:
@@ -362,16 +383,22 @@ class _Worker:
     The worker is a plain subprocess rather than a ``multiprocessing`` spawn
     child so that the caller's ``__main__`` is never re-imported in it (no
     ``if __name__ == "__main__"`` requirement, no re-import of a script's
-    torch or vLLM imports for every restart). Messages are pickled over
+    torch or vLLM imports for every restart). It loads this file by path
+    (this module imports only the standard library), not the ``specs_llm``
+    package, whose import pulls in JAX: a (re)start then costs about the
+    math-verify import alone. Messages are pickled over
     `multiprocessing.connection.Connection` objects on two ``os.pipe``s.
+
+    An idle worker exits when the parent goes away (its pipe closes); one
+    busy in a hung comparison when the parent is killed with SIGKILL keeps
+    running until that computation ends.
     """
 
     def __init__(self, compare_ref: tuple[str, str] | None, start_timeout: float) -> None:
         to_child_read, to_child_write = os.pipe()
         from_child_read, from_child_write = os.pipe()
-        code = (
-            "from specs_llm.grading import _worker_main; "
-            f"_worker_main({to_child_read}, {from_child_write})"
+        code = _WORKER_BOOT.format(
+            path=os.path.abspath(__file__), read=to_child_read, write=from_child_write
         )
         try:
             self.process = subprocess.Popen(
@@ -426,7 +453,21 @@ class _Worker:
         _stop_process(self.process, self.sender, self.receiver, graceful)
 
 
-def _stop_process(process: subprocess.Popen, sender: Connection, receiver: Connection, graceful: bool) -> None:
+# Run by the worker interpreter: load this file as a standalone module.
+_WORKER_BOOT = (
+    "import importlib.util, sys; "
+    "spec = importlib.util.spec_from_file_location('_specs_grading_worker', {path!r}); "
+    "module = importlib.util.module_from_spec(spec); "
+    "sys.modules[spec.name] = module; "
+    "spec.loader.exec_module(module); "
+    "module._worker_main({read}, {write})"
+)
+
+
+def _stop_process(
+    process: subprocess.Popen, sender: Connection, receiver: Connection, graceful: bool
+) -> None:
+    """Stop a worker: ask it to exit (if graceful) and wait 2 s, else kill it."""
     if graceful and process.poll() is None:
         try:
             sender.send(None)
@@ -519,15 +560,18 @@ class _LogCollector(logging.Handler):
 _COLLECTOR: _LogCollector | None = None
 
 
-def _prepare_math_verify() -> None:
+def _prepare_math_verify() -> _LogCollector:
+    """Import math-verify and route its log records to this module's collector (once)."""
     global _COLLECTOR
     import math_verify  # noqa: F401  (import cost paid once per worker)
 
-    _COLLECTOR = _LogCollector()
-    logger = logging.getLogger("math_verify")
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(_COLLECTOR)
-    logger.propagate = False
+    if _COLLECTOR is None:
+        _COLLECTOR = _LogCollector()
+        logger = logging.getLogger("math_verify")
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(_COLLECTOR)
+        logger.propagate = False
+    return _COLLECTOR
 
 
 def _math_verify_compare(predicted: str, gold: str) -> tuple[bool, str]:
@@ -541,7 +585,7 @@ def _math_verify_compare(predicted: str, gold: str) -> tuple[bool, str]:
     """
     from math_verify import parse, verify
 
-    collector = _COLLECTOR if _COLLECTOR is not None else _LogCollector()
+    collector = _prepare_math_verify()
     collector.messages.clear()
     gold_parsed = parse(f"${gold}$", parsing_timeout=None)
     if not gold_parsed:
