@@ -1,0 +1,484 @@
+"""One step loop for SPECS and its baselines, over many problems at once.
+
+Every step, all active beams of all problems go to each model in one call:
+
+1. *propose*: the proposing model (the draft for SPECS and RSD; the
+   ``generator`` for beam search and best-of-n) samples ``n // k`` candidate
+   steps per active beam;
+2. *score*: the target scores the candidates (when the strategy weighs the
+   log-ratio) while the PRM scores them, in parallel threads;
+3. *select*: the strategy's selection function, built from
+   `specs_theory.select` and vectorised over problems, keeps up to ``k``
+   candidates or defers;
+4. *defer*: problems that deferred (and problems in target mode) get ``n // k``
+   candidates per beam from the target, scored by the PRM, kept by
+   `specs_theory.select.select_target`; `should_switch_back` decides the next
+   step's mode.
+
+Strategies differ only in the selection function they pass (`STRATEGIES`).
+No decision is made here that `specs_theory.select` does not make.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specs_theory import select as S
+
+from .backends.base import LanguageModel, RewardModel, State, Step
+from .config import SearchConfig
+from .timing import Ledger
+
+__all__ = ["Models", "StepRecord", "Beam", "SearchResult", "run_search", "strategy_for"]
+
+
+class Models(NamedTuple):
+    """The three models; ``draft`` may be None for target-only strategies."""
+
+    draft: LanguageModel | None
+    target: LanguageModel
+    prm: RewardModel
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A kept step: where it came from and how it was judged."""
+
+    text: str
+    source: str  # "draft" or "target"
+    score: float  # the selection score (nats-scale); reward_weight * r for target steps
+    reward: float  # PRM reward of this step (may be NaN: then it was never kept by score)
+    deferred: bool  # True when the draft phase of this step deferred to the target
+    num_tokens: int
+    logp_draft: float | None = None
+    logp_target: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class Beam:
+    state: State
+    records: tuple[StepRecord, ...] = ()
+    step_rewards: tuple[float, ...] = ()  # the PRM's rewards of all steps, from its last call
+    finish: str | None = None  # None while active; "eos", "length" or "max_steps" when done
+
+
+@dataclass
+class SearchResult:
+    """Outcome for one problem."""
+
+    question: str
+    text: str | None = None
+    answer: str | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    finished: list[Beam] = field(default_factory=list)
+    error: str | None = None
+    counts: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "question": self.question,
+            "text": self.text,
+            "answer": self.answer,
+            "steps": [s.to_dict() for s in self.steps],
+            "num_finished_beams": len(self.finished),
+            "error": self.error,
+            "counts": dict(self.counts),
+            "timing": self.timing,
+        }
+
+
+# ---------------------------------------------------------------------------
+# strategies: the selection functions, vectorised over problems
+
+
+class Selection(NamedTuple):
+    indices: np.ndarray  # (P, k) kept candidate indices, -1 for none
+    deferred: np.ndarray  # (P,) bool
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """What differs between strategies: who proposes, how candidates are kept.
+
+    ``select(keys, logp_target, logp_draft, reward, num_tokens, valid)`` is
+    jitted and vmapped over problems (rows padded with ``valid = False``) and
+    returns ``(scores (P, n), indices (P, k), deferred (P,))``.
+    """
+
+    proposer: str  # "draft" or "target"
+    defers: bool  # may hand a step to the target (SPECS, RSD)
+    uses_ratio: bool  # the score weighs log pi_t - log pi_d (needs target scoring)
+    select: Callable
+    stop: tuple[str, ...]
+
+
+def _selector(keep, *, ratio_weight, reward_weight, length_normalize):
+    """Score candidates with `candidate_scores`, then ``keep(key, scores, reward, valid)``."""
+
+    def one(key, lt, ld, r, ntok, valid):
+        s = S.candidate_scores(
+            lt, ld, r, ratio_weight=ratio_weight, reward_weight=reward_weight,
+            num_tokens=ntok if length_normalize else None,
+        )
+        s = jnp.where(valid, s, -jnp.inf)
+        sel = keep(key, s, r, valid)
+        return s, sel.indices, sel.deferred
+
+    return jax.jit(jax.vmap(one))
+
+
+@functools.lru_cache(maxsize=64)
+def strategy_for(config: SearchConfig) -> Strategy:
+    """The `Strategy` a configuration describes (cached: its jitted selector
+    compiles once per configuration and padded shape)."""
+    c = config
+    stop = (c.step_delimiter,)
+    no_defer = jnp.array(False)
+    if c.strategy == "specs":
+        def keep(key, s, r, valid):
+            gate = r if c.threshold_on == "reward" else None
+            return S.select_step(key, s, c.k, temperature=c.temperature, threshold=c.threshold, gate=gate)
+
+        sel = _selector(keep, ratio_weight=c.ratio_weight, reward_weight=c.reward_weight,
+                        length_normalize=c.length_normalize)
+        return Strategy("draft", True, c.ratio_weight != 0, sel, stop)
+    if c.strategy == "rsd":
+        # one draft step, kept iff its reward passes the threshold
+        def keep(key, s, r, valid):
+            return S.select_step(key, s, c.k, temperature=0.0, threshold=c.threshold, gate=r)
+
+        return Strategy("draft", True, False, _selector(keep, ratio_weight=0.0, reward_weight=1.0,
+                                                        length_normalize=False), stop)
+    if c.strategy == "beam":
+        def keep(key, s, r, valid):
+            return S.StepSelection(S.top_k(key, s, c.k), no_defer)
+
+        return Strategy(c.generator, False, False, _selector(keep, ratio_weight=0.0, reward_weight=1.0,
+                                                             length_normalize=False), stop)
+    if c.strategy == "bon":
+        # n whole responses, all kept; the answer is chosen by `aggregation`
+        def keep(key, s, r, valid):
+            return S.StepSelection(jnp.where(valid, jnp.arange(s.shape[0]), -1), no_defer)
+
+        return Strategy(c.generator, False, False, _selector(keep, ratio_weight=0.0, reward_weight=1.0,
+                                                             length_normalize=False), ())
+    raise ValueError(f"unknown strategy {c.strategy!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def _target_selector(k, mode, temperature, reward_weight, switch_back_threshold):
+    """Target candidates (after a deferral, or in target mode) are kept by
+    reward; the switch-back decision looks at the same rewards."""
+    select = jax.jit(jax.vmap(
+        lambda key, r: S.select_target(key, r, k, mode=mode, temperature=temperature, reward_weight=reward_weight)
+    ))
+    back = jax.jit(jax.vmap(lambda r: S.should_switch_back(r, switch_back_threshold)))
+    return select, back
+
+
+@jax.jit
+def _problem_keys(root, problem_indices, step, salt):
+    fold = jax.random.fold_in
+    return jax.vmap(lambda i: fold(fold(fold(root, i), step), salt))(problem_indices)
+
+
+def _bucket(p: int) -> int:
+    """Pad the problem axis to a power of two so jit compiles few shapes."""
+    return 1 << max(p - 1, 0).bit_length()
+
+
+def _padded(rows: list[np.ndarray], width: int, fill=np.nan) -> np.ndarray:
+    """Rows stacked into a (bucket, width) array, padded with ``fill``."""
+    out = np.full((_bucket(len(rows)), width), fill, dtype=np.float64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class _Candidate:
+    beam: int
+    step: Step
+    state: State
+    source: str
+    logp_draft: float | None = None
+    logp_target: float | None = None
+    reward: float = float("nan")
+    step_rewards: tuple[float, ...] = ()
+    score: float = float("nan")
+
+
+@dataclass
+class _Problem:
+    index: int
+    question: str
+    beams: list[Beam]
+    mode: str
+    finished: list[Beam] = field(default_factory=list)
+    error: str | None = None
+    deferred_now: bool = False  # the draft phase of the current step deferred
+    counts: dict = field(default_factory=lambda: {
+        "steps": 0, "draft_steps": 0, "target_steps": 0, "deferrals": 0,
+        "nan_rewards": 0, "nan_logprobs": 0,
+    })
+
+    @property
+    def active(self) -> bool:
+        return self.error is None and bool(self.beams)
+
+
+class _Search:
+    def __init__(self, models: Models, config: SearchConfig, ledger: Ledger, pool: ThreadPoolExecutor):
+        self.m, self.c, self.ledger, self.pool = models, config, ledger, pool
+        self.strategy = strategy_for(config)
+        c = config
+        self.target_select, self.switch_back = _target_selector(
+            c.k, c.target_mode, c.temperature, c.reward_weight, c.switch_back_threshold
+        )
+        self.root_key = jax.random.key(c.seed)
+
+    def model(self, role: str):
+        model = self.m.draft if role == "draft" else self.m.target
+        if model is None:
+            raise ValueError(f"strategy {self.c.strategy!r} needs a {role} model")
+        return model
+
+    def keys(self, probs: list[_Problem], step: int, salt: int) -> jax.Array:
+        """One key per problem (padded to the bucket), independent of batching."""
+        idx = np.zeros(_bucket(len(probs)), dtype=np.int64)
+        idx[: len(probs)] = [p.index for p in probs]
+        return _problem_keys(self.root_key, idx, step, salt)
+
+    # -- model calls ----------------------------------------------------------
+
+    def propose(self, probs: list[_Problem], role: str, step: int, salt: int) -> dict[int, list[_Candidate]]:
+        """``n // k`` steps per active beam from the ``role`` model, one call."""
+        c, strategy = self.c, self.strategy
+        per_beam = c.n // c.k if c.strategy != "bon" else c.n
+        states, owners = [], []
+        for p in probs:
+            for b, beam in enumerate(p.beams):
+                states.append(beam.state)
+                owners.append((p, b))
+        phase = f"{role}_generation"
+        seed = (c.seed * 1_000_003 + step * 97 + salt) % (2**31)
+        stop = strategy.stop if role == strategy.proposer else (c.step_delimiter,)
+        with self.ledger.record(role, phase, step, [p.index for p in probs]) as call:
+            out = self.model(role).generate(
+                states, per_beam, stop=stop, max_tokens=c.max_step_tokens,
+                temperature=c.sampling_temperature, seed=seed,
+            )
+            for (p, _), steps in zip(owners, out):
+                call.tokens[p.index] += sum(s.num_generated for s in steps)
+        cands: dict[int, list[_Candidate]] = {p.index: [] for p in probs}
+        for (p, b), steps in zip(owners, out):
+            if len(steps) != per_beam:
+                raise RuntimeError(f"{role} model returned {len(steps)} samples, expected {per_beam}")
+            for s in steps:
+                new_state = _extend(p.beams[b].state, s.text, c.step_delimiter)
+                cands[p.index].append(_Candidate(b, s, new_state, role))
+        return cands
+
+    def score_target(self, probs, cands, step):
+        items = [(p, x) for p in probs for x in cands[p.index]]
+        if not items:
+            return
+        with self.ledger.record("target", "target_scoring", step, [p.index for p in probs]) as call:
+            out = self.model("target").score([p.beams[x.beam].state for p, x in items], [x.step.text for _, x in items])
+            for (p, x), lps in zip(items, out):
+                x.logp_target = float(np.sum(lps)) if len(lps) else 0.0
+                call.tokens[p.index] += len(lps)
+
+    def score_prm(self, probs, cands, step):
+        items = [(p, x) for p in probs for x in cands[p.index]]
+        if not items:
+            return
+        with self.ledger.record("prm", "prm_scoring", step, [p.index for p in probs]) as call:
+            out = self.m.prm.rewards([x.state for _, x in items])
+            for (p, x), rs in zip(items, out):
+                x.step_rewards = tuple(float(r) for r in rs)
+                x.reward = x.step_rewards[-1] if rs else float("nan")
+                # charged for the candidate's new tokens (the PRM re-reads the prefix too)
+                call.tokens[p.index] += x.step.num_tokens
+
+    def score_parallel(self, probs, cands, step, *, with_target: bool):
+        jobs = [self.pool.submit(self.score_prm, probs, cands, step)]
+        if with_target:
+            jobs.append(self.pool.submit(self.score_target, probs, cands, step))
+        for j in jobs:
+            j.result()
+
+    # -- one step ---------------------------------------------------------------
+
+    def step(self, probs: list[_Problem], step: int) -> None:
+        c, strategy = self.c, self.strategy
+        if strategy.defers:
+            propose_group = [p for p in probs if p.mode == "draft"]
+            target_group = [p for p in probs if p.mode == "target"]
+        else:
+            propose_group, target_group = list(probs), []
+
+        if propose_group:
+            cands = self.propose(propose_group, strategy.proposer, step, salt=0)
+            uses_ratio = strategy.uses_ratio and strategy.proposer == "draft"
+            self.score_parallel(propose_group, cands, step, with_target=uses_ratio)
+            with self.ledger.record("loop", "selection", step, [p.index for p in propose_group]):
+                width = max(len(cands[p.index]) for p in propose_group)
+                shape = (_bucket(len(propose_group)), width)
+                lt, ld, r = (np.full(shape, np.nan) for _ in range(3))
+                ntok, valid = np.ones(shape), np.zeros(shape, dtype=bool)
+                for i, p in enumerate(propose_group):
+                    xs = cands[p.index]
+                    m = len(xs)
+                    valid[i, :m] = True
+                    r[i, :m] = [x.reward for x in xs]
+                    ntok[i, :m] = [max(x.step.num_tokens, 1) for x in xs]
+                    lt[i, :m] = [x.logp_target for x in xs] if uses_ratio else 0.0
+                    ld[i, :m] = [x.step.logprob for x in xs] if uses_ratio else 0.0
+                    p.counts["nan_rewards"] += int(np.isnan(r[i, :m]).sum())
+                    p.counts["nan_logprobs"] += int((np.isnan(lt[i, :m]) | np.isnan(ld[i, :m])).sum())
+                scores, indices, deferred = (
+                    np.asarray(a) for a in strategy.select(self.keys(propose_group, step, 1), lt, ld, r, ntok, valid)
+                )
+                for i, p in enumerate(propose_group):
+                    for x, sx in zip(cands[p.index], scores[i]):
+                        x.score = float(sx)
+            for i, p in enumerate(propose_group):
+                if deferred[i]:
+                    p.counts["deferrals"] += 1
+                    target_group.append(p)
+                    p.deferred_now = True
+                else:
+                    self.keep(p, [cands[p.index][j] for j in indices[i] if j >= 0], deferred=False)
+
+        if target_group:
+            cands = self.propose(target_group, "target", step, salt=2)
+            self.score_parallel(target_group, cands, step, with_target=False)
+            with self.ledger.record("loop", "selection", step, [p.index for p in target_group]):
+                rewards = []
+                for p in target_group:
+                    r = np.array([x.reward for x in cands[p.index]])
+                    p.counts["nan_rewards"] += int(np.isnan(r).sum())
+                    rewards.append(r)
+                    for x in cands[p.index]:
+                        x.score = c.reward_weight * x.reward
+                width = max(len(r) for r in rewards)
+                padded = jnp.asarray(_padded(rewards, width))
+                indices = np.asarray(self.target_select(self.keys(target_group, step, 3), padded))
+                back = np.asarray(self.switch_back(padded)) if c.switch_back_threshold is not None else None
+            for i, p in enumerate(target_group):
+                was_deferred, p.deferred_now = p.deferred_now, False
+                kept = [cands[p.index][j] for j in indices[i] if j >= 0]
+                if not kept:
+                    p.error = "every target candidate had a NaN reward"
+                    continue
+                self.keep(p, kept, deferred=was_deferred)
+                p.mode = "draft" if back is None or back[i] else "target"
+
+    def keep(self, p: _Problem, kept: list[_Candidate], *, deferred: bool) -> None:
+        """Replace ``p``'s active beams by the kept candidates (at most as many as were active)."""
+        kept = kept[: len(p.beams)] if self.c.strategy != "bon" else kept
+        beams = []
+        for x in kept:
+            parent = p.beams[x.beam]
+            rec = StepRecord(
+                text=x.step.text, source=x.source, score=x.score, reward=x.reward, deferred=deferred,
+                num_tokens=x.step.num_tokens, logp_draft=x.step.logprob if x.source == "draft" else x.logp_target,
+                logp_target=x.logp_target if x.source == "draft" else x.step.logprob,
+            )
+            finish = x.step.finish_reason if x.step.finish_reason in ("eos", "length") else None
+            if self.c.strategy == "bon":
+                finish = finish or "eos"
+            beams.append(Beam(x.state, parent.records + (rec,), x.step_rewards, finish))
+        p.counts["steps"] += 1
+        p.counts["target_steps" if kept and kept[0].source == "target" else "draft_steps"] += 1
+        p.finished += [b for b in beams if b.finish is not None]
+        p.beams = [b for b in beams if b.finish is None]
+
+
+def _extend(state: State, text: str, delimiter: str) -> State:
+    """Append a generated step; a whole response (best-of-n) is split into its steps."""
+    parts = [t for t in text.split(delimiter) if t.strip()] if delimiter in text else [text]
+    for t in parts:
+        state = state.extend(t)
+    return state
+
+
+def run_search(
+    questions: Sequence[str],
+    models: Models,
+    config: SearchConfig,
+    *,
+    ledger: Ledger | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[SearchResult]:
+    """Run ``config.strategy`` on every question, all problems batched together.
+
+    Returns one `SearchResult` per question, in order. A failed model call
+    ends the problems of that call with ``error`` set (never a silent wrong
+    answer); ``ledger`` (optional) receives every timed call.
+    """
+    from .aggregate import choose_answer
+
+    if isinstance(questions, str):
+        raise TypeError("questions must be a sequence of strings, not one string")
+    for i, q in enumerate(questions):
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError(f"question {i} is empty or not a string: {q!r}")
+    if config.strategy in ("specs", "rsd") and models.draft is None:
+        raise ValueError(f"strategy {config.strategy!r} needs a draft model")
+    if config.strategy in ("beam", "bon") and config.generator == "draft" and models.draft is None:
+        raise ValueError("generator='draft' needs a draft model")
+    ledger = ledger or Ledger()
+    first = "draft" if config.strategy == "rsd" else config.first_step
+    probs = [_Problem(i, q, [Beam(State(q))], first) for i, q in enumerate(questions)]
+    max_steps = 1 if config.strategy == "bon" else config.max_steps
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        search = _Search(models, config, ledger, pool)
+        for step in range(max_steps):
+            active = [p for p in probs if p.active]
+            if not active:
+                break
+            try:
+                search.step(active, step)
+            except Exception as exc:  # a failed model call: end these problems, loudly
+                for p in active:
+                    p.error = f"{type(exc).__name__}: {exc}"
+            if on_step is not None:
+                on_step(step, sum(p.active for p in probs))
+    ledger.finish()
+    results = []
+    for p in probs:
+        for b in p.beams:  # still active after max_steps
+            p.finished.append(Beam(b.state, b.records, b.step_rewards, "max_steps"))
+        res = SearchResult(p.question, finished=p.finished, error=p.error, counts=dict(p.counts))
+        if p.error is None and p.finished:
+            best = choose_answer(p.finished, config.aggregation, config.step_delimiter)
+            res.text = config.step_delimiter.join(best.state.steps)
+            res.steps = list(best.records)
+            res.answer = best_answer(res.text)
+        res.timing = ledger.problem_summary(p.index)
+        results.append(res)
+    return results
+
+
+def best_answer(text: str) -> str | None:
+    from .grading import extract_answer
+
+    return extract_answer(text)
