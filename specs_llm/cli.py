@@ -1,0 +1,208 @@
+"""The `specs` command.
+
+    specs theory converge   exact convergence experiments E1-E10 (THEORY.md), plots
+    specs theory verify     every claim of THEORY.md section 5 as PASS/FAIL
+    specs generate          one question through SPECS or a baseline, with a trace
+    specs run RECIPE        a resumable benchmark run from a YAML recipe
+    specs report DIR...     plots and tables from results files
+    specs synthetic         objective-latency Pareto and Figure 2(b) on an MDP
+
+Each subcommand imports what it needs when it runs, so `specs theory ...`
+never loads torch or vllm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+# ---------------------------------------------------------------------------
+# theory
+
+
+def _theory_converge(args) -> int:
+    from specs_theory.converge import run_converge
+
+    run_converge(out_dir=args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+def _theory_verify(args) -> int:
+    from specs_theory.verify import run_verify
+
+    report = run_verify(
+        out_dir=args.out, K=args.K, H=args.H, beta=args.beta, draft_noise=args.draft_noise,
+        reward_kind=args.reward_kind, seed=args.seed, quick=args.quick,
+    )
+    return 0 if report["passed"] else 1
+
+
+# ---------------------------------------------------------------------------
+# LLM
+
+
+def _generate(args) -> int:
+    from .backends import load_models
+    from .config import SearchConfig
+    from .search import run_search
+    from .timing import Ledger
+
+    overrides = {k: v for k, v in {
+        "strategy": args.strategy, "n": args.n, "k": args.k, "temperature": args.temperature,
+        "sampling_temperature": args.sampling_temperature, "reward_weight": args.reward_weight,
+        "ratio_weight": args.ratio_weight, "threshold": args.threshold, "target_mode": args.target_mode,
+        "switch_back_threshold": args.switch_back_threshold, "first_step": args.first_step,
+        "generator": args.generator, "max_steps": args.max_steps, "max_step_tokens": args.max_step_tokens,
+        "aggregation": args.aggregation, "seed": args.seed,
+    }.items() if v is not None}
+    if args.no_threshold:
+        overrides["threshold"] = None
+    if args.length_normalize:
+        overrides["length_normalize"] = True
+    config = SearchConfig(**overrides)
+    needs_draft = config.strategy in ("specs", "rsd") or config.generator == "draft"
+    if needs_draft and not args.draft:
+        raise SystemExit(f"error: --draft is required for strategy {config.strategy!r}")
+    options = json.loads(args.backend_options) if args.backend_options else {}
+    models = load_models(
+        args.backend, draft=args.draft if needs_draft else None, target=args.target, prm=args.prm,
+        prm_convention=args.prm_convention, step_delimiter=config.step_delimiter, options=options,
+    )
+    ledger = Ledger()
+    (result,) = run_search([args.question], models, config, ledger=ledger)
+    out = result.to_dict()
+    out["config"] = config.__dict__
+    out["run_timing"] = ledger.summary()
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        _print_trace(out)
+    return 0 if result.error is None else 2
+
+
+def _print_trace(out: dict) -> None:
+    if out["error"]:
+        print(f"ERROR: {out['error']}")
+    print("step  source  deferred     score    reward  tokens  text")
+    for i, s in enumerate(out["steps"]):
+        score = "nan" if s["score"] is None else f"{s['score']:9.3f}"
+        reward = "nan" if s["reward"] is None else f"{s['reward']:8.4f}"
+        text = s["text"].replace("\n", "\\n")
+        print(f"{i:4d}  {s['source']:6s}  {str(s['deferred']):8s}  {score:>9s}  {reward:>8s}  {s['num_tokens']:6d}  {text[:60]}")
+    print(f"\nanswer: {out['answer']}")
+    t = out["run_timing"]
+    print(f"\nlatency {t['wall_seconds']:.3f} s (loop overhead {t['loop_overhead_seconds']:.3f} s)")
+    for group in ("by_model", "by_phase"):
+        for name, v in t[group].items():
+            print(f"  {name:18s} {v['seconds']:8.3f} s  {v['calls']:4d} calls  {v['tokens']:7d} tokens")
+
+
+def _run(args) -> int:
+    from .runner import run_recipe
+
+    problems = args.problems.split(",") if args.problems else None
+    run_recipe(args.recipe, out_dir=args.out, limit=args.limit, problems=problems)
+    return 0
+
+
+def _report(args) -> int:
+    from .report import make_report
+
+    for path in make_report(args.dirs, args.out):
+        print(path)
+    return 0
+
+
+def _synthetic(args) -> int:
+    from . import synthetic
+
+    if args.which == "pareto":
+        synthetic.synthetic_pareto(args.out, quick=args.quick)
+    else:
+        synthetic.fig2b(args.out, quick=args.quick)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="specs", description="SPECS: exact theory and LLM experiments.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    theory = sub.add_parser("theory", help="exact theory: convergence experiments and claim checks")
+    tsub = theory.add_subparsers(dest="theory_command", required=True, metavar="THEORY_COMMAND")
+    conv = tsub.add_parser("converge", help="run experiments E1-E10 and plot convergence in n")
+    conv.add_argument("--quick", action="store_true", help="smaller sweep (under 40 s)")
+    conv.add_argument("--out", default="out/converge", help="output directory (default: out/converge)")
+    conv.add_argument("--seed", type=int, default=0)
+    conv.set_defaults(func=_theory_converge)
+    ver = tsub.add_parser("verify", help="check every claim of THEORY.md section 5 (PASS/FAIL)")
+    ver.add_argument("--out", default="out/verify")
+    ver.add_argument("--K", type=int, default=5, help="blocks per step (default 5)")
+    ver.add_argument("--H", type=int, default=3, help="horizon in blocks (default 3)")
+    ver.add_argument("--beta", type=float, default=0.5)
+    ver.add_argument("--draft-noise", type=float, default=1.0, dest="draft_noise")
+    ver.add_argument("--reward-kind", choices=("uniform", "sparse"), default="uniform", dest="reward_kind")
+    ver.add_argument("--seed", type=int, default=0)
+    ver.add_argument("--quick", action="store_true", help="fewer Monte Carlo draws")
+    ver.set_defaults(func=_theory_verify)
+
+    gen = sub.add_parser("generate", help="solve one question with SPECS or a baseline; print the trace")
+    gen.add_argument("--backend", choices=("hf", "vllm", "openai_server"), default="hf")
+    gen.add_argument("--draft", help="draft model directory (or server URL)")
+    gen.add_argument("--target", required=True, help="target model directory (or server URL)")
+    gen.add_argument("--prm", required=True, help="PRM directory (or server URL)")
+    gen.add_argument("--prm-convention", choices=("value_head", "step_tag"), default="value_head")
+    gen.add_argument("--question", required=True)
+    gen.add_argument("--strategy", choices=("specs", "beam", "bon", "rsd"))
+    for name, typ in (("n", int), ("k", int), ("temperature", float), ("sampling-temperature", float),
+                      ("reward-weight", float), ("ratio-weight", float), ("threshold", float),
+                      ("switch-back-threshold", float), ("max-steps", int), ("max-step-tokens", int),
+                      ("seed", int)):
+        gen.add_argument(f"--{name}", type=typ, dest=name.replace("-", "_"))
+    gen.add_argument("--no-threshold", action="store_true", help="never defer on the score")
+    gen.add_argument("--length-normalize", action="store_true")
+    gen.add_argument("--target-mode", choices=("greedy", "soft"))
+    gen.add_argument("--first-step", choices=("target", "draft"))
+    gen.add_argument("--generator", choices=("target", "draft"), help="proposer for beam/bon")
+    gen.add_argument("--aggregation", choices=("score", "prm_last", "prm_min", "prm_prod", "vote"))
+    gen.add_argument("--backend-options", help='JSON dict passed to each model, e.g. \'{"max_model_len": 256}\'')
+    gen.add_argument("--json", action="store_true", help="print one JSON object")
+    gen.set_defaults(func=_generate)
+
+    run = sub.add_parser("run", help="run a YAML recipe (resumable) and write results.jsonl")
+    run.add_argument("recipe")
+    run.add_argument("--out", help="output directory (default: from the recipe)")
+    run.add_argument("--limit", type=int, help="first N problems of each dataset")
+    run.add_argument("--problems", help="comma-separated problem ids")
+    run.set_defaults(func=_run)
+
+    rep = sub.add_parser("report", help="plots and tables from one or more run directories")
+    rep.add_argument("dirs", nargs="+")
+    rep.add_argument("--out", default="out/report")
+    rep.set_defaults(func=_report)
+
+    syn = sub.add_parser("synthetic", help="MDP experiments with a latency cost model")
+    syn.add_argument("which", choices=("pareto", "fig2b"))
+    syn.add_argument("--out", default="out/synthetic")
+    syn.add_argument("--quick", action="store_true")
+    syn.set_defaults(func=_synthetic)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"specs: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
