@@ -353,7 +353,10 @@ def _bon_kernel(log_q, g, n, atol):
     lq_row = jnp.broadcast_to(lq[..., None, :], diff.shape)
     log_e = logsumexp(jnp.where(jnp.abs(diff) <= atol, lq_row, -jnp.inf), axis=-1)
     log_l = logsumexp(jnp.where(diff < -atol, lq_row, -jnp.inf), axis=-1)
-    log_le = jnp.logaddexp(log_l, log_e)
+    log_g = logsumexp(jnp.where(diff > atol, lq_row, -jnp.inf), axis=-1)
+    # log(L + E) = log(1 - G), G = q({g > v}): exactly 0 for the top class, so
+    # n log(L + E) stays exact at huge n
+    log_le = jnp.log1p(-jnp.exp(log_g))
     # log[(L+E)^n - L^n] = n log(L+E) + log(1 - (L/(L+E))^n)
     log_top = n * log_le + jnp.log(-jnp.expm1(n * (log_l - log_le)))
     return jnp.where(lq == -jnp.inf, -jnp.inf, lq - log_e + log_top)
@@ -446,6 +449,7 @@ def specs_policy(
         g = _stack(q_values(mdp, V) if score == "q" else advantages(mdp, V))
         passing = passing & (g > threshold)
     log_fail = logsumexp(jnp.where(passing, -jnp.inf, ld), axis=-1)  # log(1 - a(s))
+    log_fail = jnp.where(jnp.any(passing, axis=-1), log_fail, 0.0)  # rho = 1 exactly
     log_rho = jnp.where(log_fail == -jnp.inf, -jnp.inf, n_arr * log_fail)
     logp = sir_logprobs(ld, jnp.where(passing, log_w, -jnp.inf), n, step=step)
     if bool(jnp.any(log_rho > -jnp.inf)):

@@ -249,12 +249,14 @@ def random_mdp(
         raise ValueError(f"reward_range must be finite and > 0, got {reward_range!r}")
     if reward_kind not in ("uniform", "sparse"):
         raise ValueError(f"reward_kind must be 'uniform' or 'sparse', got {reward_kind!r}")
-    return _random_mdp(key, K, H, float(beta), float(reward_range), float(draft_noise),
-                       reward_kind, float(sparse_p))
+    target, draft, reward = _random_arrays(
+        key, K, H, float(reward_range), float(draft_noise), reward_kind, float(sparse_p)
+    )
+    return BlockMDP(K, H, float(beta), float(reward_range), target, draft, reward)
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3, 4, 6))
-def _random_mdp(key, K, H, beta, reward_range, draft_noise, reward_kind, sparse_p):
+@partial(jax.jit, static_argnums=(1, 2, 5))
+def _random_arrays(key, K, H, reward_range, draft_noise, reward_kind, sparse_p):
     k_t, k_d, k_r, k_i = jax.random.split(key, 4)
     # one draw for all states of all depths (fewer random ops to compile)
     S = sum(K**h for h in range(H))
@@ -273,4 +275,4 @@ def _random_mdp(key, K, H, beta, reward_range, draft_noise, reward_kind, sparse_
         forced = jax.random.randint(k_i, (), 0, K**H)
         hit = jnp.where(jnp.any(hit), hit, jnp.arange(K**H) == forced)
         reward = jnp.where(hit, R, 0.0).astype(jnp.float64)
-    return BlockMDP(K, H, beta, R, tuple(target), tuple(draft), reward)
+    return tuple(target), tuple(draft), reward
