@@ -133,12 +133,12 @@ class VLLMLanguageModel:
                 n=n,
                 temperature=temperature,
                 top_p=top_p,
-                max_tokens=max_tokens,
+                max_tokens=min(max_tokens, self.max_length - len(prompt["prompt_token_ids"])),
                 seed=derive_seed(seed, i),
                 stop=stop or None,
                 logprobs=0,
             )
-            for i in range(len(prompts))
+            for i, prompt in enumerate(prompts)
         ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         result = []
