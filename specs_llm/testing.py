@@ -295,8 +295,13 @@ def build_tiny_model(directory: str | os.PathLike, name: str, *, seed: int = 0) 
             ).save_pretrained(str(tmp))
         (tmp / _MARKER).write_text(json.dumps({"hash": spec.hash(), "spec": asdict(spec)}, indent=1))
         if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+            shutil.rmtree(out, ignore_errors=True)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            # another process finished the same build first: keep its copy
+            if not (marker.is_file() and json.loads(marker.read_text()).get("hash") == spec.hash()):
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
