@@ -1,0 +1,261 @@
+"""`specs theory converge`: experiments E1-E10 on the default instance, with plots.
+
+Writes to ``out_dir``:
+
+  converge.json   {"instance", "asymptotic_constant", "facts", "records"}; one
+                  record per (experiment, method, n or N, tau) with at least
+                  experiment, method, n, tau, kl_forward, kl_reverse, tv,
+                  objective_gap, bound
+  converge.csv    the records as a table
+  kl_vs_n.png     KL(pi* || SPECS_n) with the Theorem C / C1 bounds and c/n^2
+  objective_gap.png   J(pi*) - J(pi) vs n: SPECS, beam search, best-of-n,
+                  sequence-level SIR (exact) and SMC (Monte Carlo)
+  threshold.png   deferrals vs threshold, and the truncated-limit effect
+  smc_vs_specs.png    chi2 to pi* of SMC (Monte Carlo) and SPECS (exact)
+
+and prints a compact table. Results are written after each experiment, so
+an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from specs_theory import experiments as E
+
+__all__ = ["run_converge", "SETTINGS"]
+
+# (full, quick) sizes: full < 3 min, quick < 40 s on a 2-core machine.
+SETTINGS = {
+    False: dict(top=4096, mc_runs=200_000, mc_ns=(1, 4, 16, 64), enum_ns=(1, 2, 3, 4, 8, 16), quad_ns=(1, 8, 64),
+                threshold_ns=E.powers_of_two(64), threshold_mc_runs=100_000, bon_ns=(1, 2, 4, 16, 64),
+                smc_Ns=E.powers_of_two(256), smc_runs=100_000, gap_top=1024, seq_top=512, perturbations=2000),
+    True: dict(top=4096, mc_runs=40_000, mc_ns=(4, 64), enum_ns=(1, 2, 4, 8), quad_ns=(8,),
+               threshold_ns=(1, 4, 32, 64), threshold_mc_runs=40_000, bon_ns=(2, 16), smc_Ns=(1, 4, 16, 64),
+               smc_runs=20_000, gap_top=256, seq_top=256, perturbations=500),
+}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_experiments(mdp, *, quick: bool, seed: int, only=None, log=_log):
+    """Run the experiments (all, or the names in ``only``); returns (records, facts)."""
+    s = SETTINGS[bool(quick)]
+    plan = [
+        ("E1", lambda: E.e1_gibbs(mdp, seed=seed, num_perturbations=s["perturbations"])),
+        ("E2", lambda: E.e2_evaluators(mdp, ns=s["enum_ns"], quad_ns=s["quad_ns"], seed=seed)),
+        ("E3", lambda: E.e3_monte_carlo(mdp, ns=s["mc_ns"], num_runs=s["mc_runs"], seed=seed)),
+        ("E4", lambda: E.e4_convergence(mdp, top=s["top"])),
+        ("E5", lambda: E.e5_threshold(mdp, ns=list(s["threshold_ns"]), num_runs=s["threshold_mc_runs"], seed=seed)),
+        ("E6", lambda: E.e6_best_of_n(mdp, ns=s["bon_ns"], num_runs=s["mc_runs"], seed=seed)),
+        ("E7", lambda: E.e7_smc(mdp, Ns=list(s["smc_Ns"]), num_runs=s["smc_runs"], seed=seed,
+                                check_runs=s["smc_runs"])),
+        ("E8", lambda: E.e8_block_vs_sequence(mdp, ns=E.powers_of_two(s["seq_top"]))),
+        ("E10", lambda: E.e10_hard_prm(mdp)),
+        ("gaps", lambda: E.objective_gaps(mdp, ns=E.powers_of_two(s["gap_top"]))),
+    ]
+    records, facts = [], {}
+    for name, fn in plan:
+        if only is not None and name not in only:
+            continue
+        t0 = time.perf_counter()
+        recs, f = fn()
+        records += recs
+        facts[name] = f
+        log(f"[{name}] done in {time.perf_counter() - t0:.1f} s")
+        yield name, records, facts
+
+
+def run_converge(out_dir="out/converge", *, quick: bool = False, seed: int = 0) -> dict:
+    """Run E1-E10 on the default instance (THEORY.md section 8) and write results."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    instance = dict(E.DEFAULT_INSTANCE, seed=seed)
+    mdp = E.default_mdp(seed)
+    _log(f"specs theory converge: instance {instance}, {'quick' if quick else 'full'} run -> {out}")
+    t0 = time.perf_counter()
+    result = {}
+    for _, records, facts in run_experiments(mdp, quick=quick, seed=seed):
+        result = dict(instance=instance, quick=quick, asymptotic_constant=facts.get("E4", {}).get("c"),
+                      facts=facts, records=records)
+        _write(out, result)
+    result["seconds"] = time.perf_counter() - t0
+    _write(out, result)
+    plots = plot_all(result, out)
+    print(table(result))
+    print(f"\nwrote {out / 'converge.json'}, {out / 'converge.csv'}, " + ", ".join(str(p) for p in plots))
+    print(f"total {result['seconds']:.1f} s")
+    return result
+
+
+def _write(out: Path, result: dict) -> None:
+    tmp = out / "converge.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=float))
+    tmp.replace(out / "converge.json")
+    records = result["records"]
+    fields = []
+    for r in records:
+        fields += [k for k in r if k not in fields and not isinstance(r[k], (list, dict))]
+    with open(out / "converge.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(records)
+
+
+def _fmt(x, spec=".3e"):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def table(result: dict) -> str:
+    """The compact table: SPECS convergence (E4), then one line per other experiment."""
+    rows = [r for r in result["records"] if r["experiment"] == "E4" and r["method"] == "specs"]
+    f = result["facts"]
+    lines = [f"asymptotic constant c = {_fmt(result['asymptotic_constant'], '.4f')}",
+             f"{'n':>6} {'KL(pi*||p_n)':>13} {'KL(p_n||pi*)':>13} {'TV':>9} {'n^2 KL/c':>9} "
+             f"{'Thm C1':>10} {'Prop D':>10} {'gap J':>10}"]
+    for r in rows:
+        lines.append(f"{r['n']:>6} {_fmt(r['kl_forward']):>13} {_fmt(r['kl_reverse']):>13} {_fmt(r['tv'], '.4f'):>9} "
+                     f"{_fmt(r['n2_kl_over_c'], '.3f'):>9} {_fmt(r['bound']):>10} {_fmt(r['prop_d_forward']):>10} "
+                     f"{_fmt(r['objective_gap']):>10}")
+    if "E4" in f:
+        e4 = f["E4"]
+        lines.append(f"local slope at n={e4['ns'][-1]}: {e4['final_local_slope']:.3f}; "
+                     f"bound slope (large n): {_fmt(e4['bound_slope_large_n'], '.3f')}")
+    if "E1" in f:
+        lines.append(f"E1  J(pi*) = V*(s0) = {f['E1']['J_star']:.5f}; max J(pi) - J(pi*) over "
+                     f"{f['E1']['num_compared']} policies = {f['E1']['max_J_minus_J_star']:.2e}")
+    if "E2" in f:
+        lines.append(f"E2  trapezoid vs enumeration {f['E2']['trapezoid_vs_enumeration']:.1e}, "
+                     f"vs quad {f['E2']['trapezoid_vs_quad']:.1e}")
+    if "E3" in f:
+        lines.append(f"E3  MC vs exact GOF p-values {', '.join(f'{p:.2f}' for p in f['E3']['gof_pvalues'])}")
+    if "E5" in f:
+        for s in f["E5"]["slopes"]:
+            lines.append(f"E5  tau={s['tau']:.3f}: forward-KL slope predicted {s['predicted']:.4f}, "
+                         f"measured {s['measured']:.4f}")
+    if "E7" in f:
+        lines.append(f"E7  SMC mean Zhat {', '.join(f'{z:.4f}' for z in f['E7']['Z_mean'])}; "
+                     f"Var slope {_fmt(f['E7']['var_slope'], '.2f')}")
+    if "E10" in f:
+        lines.append(f"E10 hard PRM: KL(pi*||limit) = {f['E10']['kl']:.2e}, J = {f['E10']['J_hard']:.5f} "
+                     f"< J* = {f['E10']['J_star']:.5f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# plots
+
+
+def plot_all(result: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = result["records"]
+    paths = []
+
+    def by(exp, method):
+        return [r for r in recs if r["experiment"] == exp and r["method"] == method]
+
+    # 1. KL vs n with bounds
+    rows = by("E4", "specs")
+    if rows:
+        n = np.array([r["n"] for r in rows], float)
+        fig, ax = plt.subplots(figsize=(7, 5))
+        ax.loglog(n, [r["kl_forward"] for r in rows], "o-", label="KL(pi* || SPECS_n) (exact)")
+        ax.loglog(n, [r["kl_reverse"] for r in rows], "s--", ms=4, label="KL(SPECS_n || pi*) (exact)")
+        ax.loglog(n, [r["bound"] for r in rows], "-", label="Theorem C1: sum E log(1 + chi2_h/n)")
+        ax.loglog(n, [r["bound_coverage"] for r in rows], ":", label="H log(1 + (C-1)/n)")
+        ax.loglog(n, [r["prop_d_forward"] for r in rows], "-.", label="Prop D (forward)")
+        ax.loglog(n, [r["asymptote"] for r in rows], "k--", lw=1, label=f"c/n^2, c = {result['asymptotic_constant']:.3g}")
+        ax.set_xlabel("n (draft candidates per block)")
+        ax.set_ylabel("KL divergence (nats)")
+        ax.set_title("SPECS converges to pi*: KL ~ c/n^2; bounds decay as 1/n")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        paths.append(_save(fig, out / "kl_vs_n.png"))
+
+    # 2. objective gap vs n
+    gaps = [r for r in recs if r["experiment"] == "gaps"]
+    smc = by("E7", "smc_mc")
+    if gaps:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for method in dict.fromkeys(r["method"] for r in gaps):
+            rr = [r for r in gaps if r["method"] == method]
+            ax.loglog([r["n"] for r in rr], [max(r["objective_gap"], 1e-16) for r in rr], "o-", ms=4, label=method)
+        if smc:
+            ax.loglog([r["n"] for r in smc], [max(r["objective_gap"], 1e-16) for r in smc], "x--",
+                      label="smc (Monte Carlo, N particles)")
+        ax.set_xlabel("n (candidates per block) or N (particles)")
+        ax.set_ylabel("J(pi*) - J(pi)  (reward units)")
+        ax.set_title("KL-regularised objective gap")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        paths.append(_save(fig, out / "objective_gap.png"))
+
+    # 3. threshold sweep
+    thr = by("E5", "specs_threshold")
+    if thr:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        taus = sorted(set(r["tau"] for r in thr))
+        for n in sorted(set(r["n"] for r in thr)):
+            rr = sorted((r for r in thr if r["n"] == n), key=lambda r: r["tau"])
+            a1.plot([r["tau"] for r in rr], [r["expected_deferrals"] for r in rr], "o-", ms=4, label=f"n={n}")
+        a1.set_xlabel("threshold tau on Q*")
+        a1.set_ylabel("expected deferred blocks per response")
+        a1.set_title("Deferral rate")
+        a1.legend(fontsize=8)
+        a1.grid(alpha=0.3)
+        for tau in taus:
+            rr = sorted((r for r in thr if r["tau"] == tau), key=lambda r: r["n"])
+            line = a2.semilogy([r["n"] for r in rr], [max(r["kl_forward"], 1e-16) for r in rr], "o-", ms=4,
+                               label=f"tau={tau:.2f}: KL(pi*||p_n)")
+            a2.semilogy([r["n"] for r in rr], [max(r["kl_limit"], 1e-16) for r in rr], "--",
+                        color=line[0].get_color(), label=f"tau={tau:.2f}: KL(pi*_tau||p_n)")
+        a2.set_xlabel("n")
+        a2.set_ylabel("KL (nats)")
+        a2.set_title("A threshold truncates: p_n -> pi*_tau, not pi*")
+        a2.legend(fontsize=6, ncol=2)
+        a2.grid(alpha=0.3)
+        paths.append(_save(fig, out / "threshold.png"))
+
+    # 4. SMC vs SPECS
+    if smc:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        N = [r["n"] for r in smc]
+        a1.loglog(N, [max(r["chi2_to_pi_star"], 1e-6) for r in smc], "x--", label="SMC (Monte Carlo, debiased)")
+        a1.loglog(N, [r["specs_chi2_to_pi_star"] for r in smc], "o-", label="SPECS, n = N (exact)")
+        a1.loglog(N, [r["chi2_noise_floor"] for r in smc], ":", color="gray", label="MC noise level")
+        a1.set_xlabel("N particles / n candidates")
+        a1.set_ylabel("chi2(p || pi*)")
+        a1.set_title("SMC and SPECS approach pi* alike")
+        a1.legend(fontsize=8)
+        a1.grid(True, which="both", alpha=0.3)
+        a2.errorbar(N, [r["Z_mean"] for r in smc], yerr=[4 * r["Z_se"] for r in smc], fmt="o", capsize=3)
+        a2.axhline(1.0, color="k", lw=1)
+        a2.set_xscale("log")
+        a2.set_xlabel("N particles")
+        a2.set_ylabel("mean Zhat (+- 4 SE)")
+        a2.set_title("Zhat is unbiased for Z = 1")
+        a2.grid(alpha=0.3)
+        paths.append(_save(fig, out / "smc_vs_specs.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

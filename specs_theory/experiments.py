@@ -1,0 +1,460 @@
+"""The numerical experiments E1-E10 of THEORY.md section 5.
+
+Each ``e*`` function computes one experiment on a `BlockMDP` and returns
+``(records, facts)``: ``records`` are flat dicts (one per method, n or N,
+threshold) with at least ``experiment, method, n, tau, kl_forward,
+kl_reverse, tv, objective_gap, bound`` (None where not defined), and
+``facts`` is a dict of the scalar numbers the claims are checked on.
+`specs_theory.converge` writes and plots the records; `specs_theory.verify`
+turns the facts into PASS/FAIL claims. Nothing here prints.
+
+Monte Carlo numbers come from `specs_theory.simulate` with fixed keys; exact
+numbers from `specs_theory.exact` (float64, log space).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specs_theory import bounds, exact, metrics, simulate
+from specs_theory.gof import pooled_gof_pvalue
+from specs_theory.mdp import BlockMDP, random_mdp, sequence_logp
+
+__all__ = [
+    "DEFAULT_INSTANCE",
+    "default_mdp",
+    "powers_of_two",
+    "loglog_slope",
+    "e1_gibbs",
+    "e2_evaluators",
+    "e3_monte_carlo",
+    "e4_convergence",
+    "e4_instances",
+    "e5_threshold",
+    "e6_best_of_n",
+    "e7_smc",
+    "e8_block_vs_sequence",
+    "e10_hard_prm",
+    "objective_gaps",
+]
+
+# THEORY.md section 8, "main instance".
+DEFAULT_INSTANCE = dict(K=5, H=3, beta=0.5, reward_range=1.0, draft_noise=1.0, reward_kind="uniform")
+
+
+def default_mdp(seed: int = 0, **overrides) -> BlockMDP:
+    spec = dict(DEFAULT_INSTANCE, **overrides)
+    return random_mdp(jax.random.key(seed), **spec)
+
+
+def powers_of_two(top: int) -> list[int]:
+    return [2**i for i in range(int(math.log2(top)) + 1)]
+
+
+def loglog_slope(x, y) -> float:
+    """Least-squares slope of log y against log x."""
+    x, y = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def _f(x) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x
+
+
+def _record(experiment, method, n=None, tau=None, *, kl_forward=None, kl_reverse=None, tv=None,
+            objective_gap=None, bound=None, **extra) -> dict:
+    rec = dict(experiment=experiment, method=method, n=n, tau=tau, kl_forward=_f(kl_forward),
+               kl_reverse=_f(kl_reverse), tv=_f(tv), objective_gap=_f(objective_gap), bound=_f(bound))
+    rec.update({k: (_f(v) if isinstance(v, (float, np.floating, jax.Array)) else v) for k, v in extra.items()})
+    return rec
+
+
+def _law_metrics(mdp, seq_log, star_seq):
+    """Forward/reverse KL, TV, objective gap of a response law vs pi*."""
+    return dict(
+        kl_forward=metrics.kl(star_seq, seq_log),
+        kl_reverse=metrics.kl(seq_log, star_seq),
+        tv=metrics.tv(star_seq, seq_log),
+        objective_gap=metrics.objective_gap(mdp, seq_log),
+    )
+
+
+def _log(p):
+    p = jnp.asarray(p)
+    return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
+
+
+# --------------------------------------------------------------------------
+# E1: Prop 1 (sequence-level form) and Prop 2 (Gibbs variational principle)
+
+
+def e1_gibbs(mdp: BlockMDP, *, seed: int = 0, num_perturbations: int = 2000, num_policies: int = 200):
+    lstar = exact.optimal_policy(mdp)
+    star = sequence_logp(lstar)
+    gibbs = jax.nn.log_softmax(sequence_logp(mdp.target_logp) + mdp.reward / mdp.beta)
+    prod_err = float(jnp.max(jnp.abs(jnp.exp(star) - jnp.exp(gibbs))))
+    V0 = float(exact.soft_values(mdp)[0][0])
+    logZ = float(jax.scipy.special.logsumexp(sequence_logp(mdp.target_logp) + mdp.reward / mdp.beta))
+    J_star = float(metrics.objective(mdp, star))
+
+    key = jax.random.key(seed + 101)
+    k1, k2 = jax.random.split(key)
+    eps = jnp.array([1e-3, 1e-2, 0.1, 1.0, 3.0])
+    per = num_perturbations // len(eps)
+    xi = jax.random.normal(k1, (len(eps), per, star.shape[0]))
+    perturbed = jax.nn.log_softmax(star + eps[:, None, None] * xi, axis=-1).reshape(-1, star.shape[0])
+    markov = [
+        jax.nn.log_softmax(-jax.random.gumbel(jax.random.fold_in(k2, h), (num_policies,) + a.shape), axis=-1)
+        for h, a in enumerate(mdp.target_logp)
+    ]
+    markov_seq = jax.vmap(lambda *pol: sequence_logp(pol))(*markov)
+    others = jnp.concatenate(
+        [perturbed, markov_seq, sequence_logp(mdp.target_logp)[None], sequence_logp(mdp.draft_logp)[None]]
+    )
+    J = jax.vmap(lambda s: metrics.objective(mdp, s))(others)
+    rev = jax.vmap(lambda s: metrics.kl(s, star))(others)
+    identity_err = float(jnp.max(jnp.abs((J_star - J) - mdp.beta * rev)))
+    facts = dict(
+        product_vs_gibbs=prod_err, J_star=J_star, V0=V0, beta_logZ=mdp.beta * logZ,
+        max_J_minus_J_star=float(jnp.max(J - J_star)), num_compared=int(others.shape[0]),
+        identity_error=identity_err,
+    )
+    rec = _record("E1", "pi_star", objective_gap=0.0, **facts)
+    return [rec], facts
+
+
+# --------------------------------------------------------------------------
+# E2: Theorem A evaluators agree; Corollary A1 total mass
+
+
+def _all_states(mdp, lstar):
+    ld = jnp.concatenate(mdp.draft_logp)
+    ls = jnp.concatenate(lstar)
+    return ld, exact._masked_diff(ls, ld)
+
+
+def e2_evaluators(mdp: BlockMDP, *, ns=(1, 2, 3, 4, 8, 16), quad_ns=(1, 8, 64), quad_states: int = 6,
+                  seed: int = 0):
+    lstar = exact.optimal_policy(mdp)
+    ld, lw = _all_states(mdp, lstar)
+    rng = np.random.default_rng(seed)
+    zero = rng.random(lw.shape) < 0.25
+    zero[:, 0] = False  # keep one positive weight per state
+    lw0 = jnp.where(jnp.asarray(zero), -jnp.inf, lw)
+    q0 = jnp.sum(jnp.where(jnp.asarray(zero), jnp.exp(ld), 0.0), axis=-1)
+    records, enum_err, quad_err, mass_err = [], 0.0, 0.0, 0.0
+    for n in ns:
+        for label, w in (("full_support", lw), ("zero_weights", lw0)):
+            trap = exact.sir_law(ld, w, n)
+            enum = exact.sir_law_enumerate(ld, w, n)
+            e = float(jnp.max(jnp.abs(trap - enum)))
+            expected_mass = 1 - (q0**n if label == "zero_weights" else 0.0)
+            m = float(jnp.max(jnp.abs(trap.sum(-1) - expected_mass)))
+            enum_err, mass_err = max(enum_err, e), max(mass_err, m)
+            records.append(_record("E2", f"trapezoid_vs_enumeration/{label}", n, max_abs_diff=e, mass_error=m))
+    for n in quad_ns:
+        trap = exact.sir_law(ld[:quad_states], lw[:quad_states], n)
+        quad = exact.sir_law_quad(ld[:quad_states], lw[:quad_states], n)
+        e = float(jnp.max(jnp.abs(trap - quad)))
+        quad_err = max(quad_err, e)
+        records.append(_record("E2", "trapezoid_vs_quad", n, max_abs_diff=e))
+    facts = dict(trapezoid_vs_enumeration=enum_err, trapezoid_vs_quad=quad_err, mass_error=mass_err,
+                 enumeration_ns=list(ns), quad_ns=list(quad_ns))
+    return records, facts
+
+
+# --------------------------------------------------------------------------
+# E3: exact law vs Monte Carlo
+
+
+def e3_monte_carlo(mdp: BlockMDP, *, ns=(1, 4, 16, 64), num_runs: int = 200_000, seed: int = 0):
+    records, pvals, maxdiff = [], [], 0.0
+    for i, n in enumerate(ns):
+        p = np.asarray(exact.sequence_probs(mdp, exact.specs_policy(mdp, n).logp))
+        samples, _ = simulate.simulate_specs(jax.random.key(seed * 1000 + i), mdp, n, num_runs)
+        counts = np.asarray(simulate.sequence_counts(samples, mdp.K**mdp.H))
+        pv = pooled_gof_pvalue(counts, p)
+        d = float(np.max(np.abs(counts / num_runs - p)))
+        pvals.append(pv)
+        maxdiff = max(maxdiff, d)
+        records.append(_record("E3", "specs_mc_vs_exact", n, gof_pvalue=pv, max_abs_diff=d, num_runs=num_runs))
+    return records, dict(gof_pvalues=pvals, min_gof_pvalue=min(pvals), max_abs_diff=maxdiff, ns=list(ns))
+
+
+# --------------------------------------------------------------------------
+# E4: KL vs n, bounds, asymptotics
+
+
+def e4_convergence(mdp: BlockMDP, *, top: int = 4096):
+    lstar = exact.optimal_policy(mdp)
+    star = sequence_logp(lstar)
+    c = float(bounds.sequence_prop_e_constant(mdp))
+    cov = bounds.coverage(mdp)
+    ns = powers_of_two(top)
+    records, kls, thm_c, theorem_b_violation = [], [], [], 0.0
+    ld, lw = _all_states(mdp, lstar)
+    lstar_stacked = jnp.concatenate(lstar)
+    propd_ok = True
+    for n in ns:
+        pol = exact.specs_policy(mdp, n)
+        seq = sequence_logp(pol.logp)
+        m = _law_metrics(mdp, seq, star)
+        sb = bounds.sequence_bound(mdp, n)
+        pd_fwd, pd_rev = bounds.sequence_prop_d(mdp, n, pol.logp)
+        # Theorem B pointwise at every state: q_n >= pi_w / (1 + (w - 1)/n)
+        lower = bounds.theorem_b_bound(ld, lw, n)
+        q_n = jnp.exp(jnp.concatenate(pol.logp))
+        theorem_b_violation = max(theorem_b_violation, float(jnp.max(lower - q_n)))
+        kl_f, kl_r = float(m["kl_forward"]), float(m["kl_reverse"])
+        propd_ok &= (kl_f <= float(pd_fwd) * (1 + 1e-9) + 1e-15) and (kl_r <= float(pd_rev) * (1 + 1e-9) + 1e-15)
+        kls.append(kl_f)
+        thm_c.append(float(sb.chain))
+        records.append(_record(
+            "E4", "specs", n, **m, bound=sb.chain, bound_pointwise=sb.pointwise, bound_chibar2=sb.chibar2,
+            bound_coverage=sb.coverage, bound_reward_range=sb.reward_range, prop_d_forward=pd_fwd,
+            prop_d_reverse=pd_rev, n2_kl_over_c=n * n * kl_f / c, asymptote=c / n**2,
+            objective_gap_vs_beta_reverse_kl=float(m["objective_gap"]) - mdp.beta * kl_r,
+        ))
+    kls, thm_c = np.array(kls), np.array(thm_c)
+    local = np.diff(np.log(kls)) / np.diff(np.log(ns))
+    chi2_max = max(float(jnp.max(x)) for x in cov.chi2_states)
+    big = [i for i, n in enumerate(ns) if n >= 10 * chi2_max]
+    bound_slope = loglog_slope(np.array(ns)[big], thm_c[big]) if len(big) >= 2 else None
+    gaps = [r["objective_gap_vs_beta_reverse_kl"] for r in records]
+    facts = dict(
+        c=c, ns=ns, kl=kls.tolist(), local_slopes=local.tolist(), final_local_slope=float(local[-1]),
+        n2_kl_over_c_final=float(ns[-1] ** 2 * kls[-1] / c), theorem_b_max_violation=theorem_b_violation,
+        theorem_c_min_slack=float(np.min(thm_c - kls)), bound_slope_large_n=bound_slope,
+        prop_d_holds=bool(propd_ok), chi2_levels=np.asarray(cov.chi2_levels).tolist(), C=float(cov.C),
+        C_td=float(cov.C_td), max_identity_error=float(np.max(np.abs(gaps))),
+        slope_1_64=loglog_slope(ns[:7], kls[:7]) if top >= 64 else None,
+        slope_128_top=loglog_slope(ns[7:], kls[7:]) if top >= 256 else None,
+    )
+    return records, facts
+
+
+def e4_instances(specs: list[dict], *, top: int = 4096):
+    """Prop E on several random instances: n^2 KL(top) / c and the final local slope."""
+    records, out = [], []
+    for spec in specs:
+        spec = dict(spec)
+        seed = spec.pop("seed")
+        mdp = default_mdp(seed, **spec)
+        star = sequence_logp(exact.optimal_policy(mdp))
+        c = float(bounds.sequence_prop_e_constant(mdp))
+        kl_half = float(metrics.kl(star, sequence_logp(exact.specs_policy(mdp, top // 2).logp)))
+        kl_top = float(metrics.kl(star, sequence_logp(exact.specs_policy(mdp, top).logp)))
+        ratio = top**2 * kl_top / c
+        slope = math.log(kl_top / kl_half) / math.log(2)
+        name = ",".join(f"{k}={v}" for k, v in sorted(spec.items())) + f",seed={seed}"
+        out.append(dict(instance=name, c=c, ratio=ratio, local_slope=slope))
+        records.append(_record("E4", "specs_instance", top, kl_forward=kl_top, instance=name, c=c,
+                               n2_kl_over_c=ratio, local_slope=slope))
+    return records, dict(instances=out)
+
+
+# --------------------------------------------------------------------------
+# E5: threshold and deferral
+
+
+def e5_threshold(mdp: BlockMDP, *, taus=None, ns=None, mc_ns=(4, 32), num_runs: int = 200_000, seed: int = 0):
+    star = sequence_logp(exact.optimal_policy(mdp))
+    Q = exact.q_values(mdp)
+    qmin, qmax = min(float(jnp.min(x)) for x in Q), max(float(jnp.max(x)) for x in Q)
+    if taus is None:
+        # from "never defers" through partial deferral to "always defers"
+        taus = [qmin - 0.01] + [float(np.quantile(np.concatenate([np.ravel(x) for x in Q]), q))
+                                for q in (0.25, 0.5, 0.75)] + [qmax + 0.01]
+    ns = ns or powers_of_two(64)
+    records, mc, slopes = [], [], []
+    for t_i, tau in enumerate(taus):
+        limit = bounds.threshold_limit_policy(mdp, tau)
+        lim_seq = sequence_logp(limit)
+        kl_by_n = {}
+        for n in ns:
+            pol = exact.specs_policy(mdp, n, threshold=tau)
+            seq = sequence_logp(pol.logp)
+            m = _law_metrics(mdp, seq, star)
+            kl_lim = float(metrics.kl(lim_seq, seq))
+            kl_by_n[n] = float(m["kl_forward"])
+            records.append(_record(
+                "E5", "specs_threshold", n, tau, **m, bound=bounds.threshold_bound(mdp, tau, n),
+                kl_limit=kl_lim, expected_deferrals=exact.expected_deferrals(mdp, pol),
+                root_defer_prob=float(pol.defer_prob[0][0]),
+            ))
+        if 32 in kl_by_n and 64 in kl_by_n:
+            predicted = float(bounds.threshold_kl_slope(mdp, tau))
+            measured = (kl_by_n[64] - kl_by_n[32]) / 32
+            slopes.append(dict(tau=tau, predicted=predicted, measured=measured))
+        for j, n in enumerate(mc_ns):
+            pol = exact.specs_policy(mdp, n, threshold=tau)
+            samples, info = simulate.simulate_specs(jax.random.key(seed * 7919 + t_i * 31 + j), mdp, n, num_runs,
+                                                   threshold=tau)
+            counts = np.asarray(simulate.sequence_counts(samples, mdp.K**mdp.H))
+            p = np.asarray(exact.sequence_probs(mdp, pol.logp))
+            rho_exact = float(pol.defer_prob[0][0])
+            deferred_root = np.asarray(info.deferred[:, 0], dtype=float)
+            rho_mc = float(deferred_root.mean())
+            se = math.sqrt(max(rho_exact * (1 - rho_exact), 1e-12) / num_runs)
+            mc.append(dict(tau=tau, n=n, gof_pvalue=pooled_gof_pvalue(counts, p), rho_exact=rho_exact,
+                           rho_mc=rho_mc, rho_z=abs(rho_mc - rho_exact) / se,
+                           deferrals_exact=float(exact.expected_deferrals(mdp, pol)),
+                           deferrals_mc=float(np.asarray(info.deferred).sum(1).mean())))
+            records.append(_record("E5", "specs_threshold_mc", n, tau,
+                                   **{k: v for k, v in mc[-1].items() if k not in ("tau", "n")}))
+    # invariants I10 at the extreme thresholds
+    inv = _threshold_invariants(mdp, qmin, qmax, ns)
+    return records, dict(taus=taus, monte_carlo=mc, slopes=slopes, **inv)
+
+
+def _threshold_invariants(mdp, qmin, qmax, ns):
+    above, below = 0.0, 0.0
+    for n in ns:
+        always = exact.specs_policy(mdp, n, threshold=qmax + 0.01)
+        lt = mdp.target_logp
+        lstar = exact.optimal_policy(mdp)
+        soft_target = [exact.sir_logprobs(lt[h], exact._masked_diff(lstar[h], lt[h]), n) for h in range(mdp.H)]
+        above = max(above, max(float(jnp.max(jnp.abs(jnp.exp(a) - jnp.exp(b)))) for a, b in zip(always.logp, soft_target)))
+        above = max(above, max(float(jnp.max(jnp.abs(d - 1.0))) for d in always.defer_prob))
+        never = exact.specs_policy(mdp, n, threshold=qmin - 0.01)
+        plain = exact.specs_policy(mdp, n)
+        below = max(below, max(float(jnp.max(jnp.abs(jnp.exp(a) - jnp.exp(b)))) for a, b in zip(never.logp, plain.logp)))
+    return dict(always_defer_error=above, never_defer_error=below)
+
+
+# --------------------------------------------------------------------------
+# E6: best-of-n with ties
+
+
+def e6_best_of_n(mdp: BlockMDP, *, ns=(1, 2, 4, 16, 64), num_runs: int = 200_000, seed: int = 0):
+    q = jnp.array([0.1, 0.25, 0.05, 0.3, 0.2, 0.1])
+    g = jnp.array([1.0, 2.0, 2.0, 0.0, 2.0, 1.5])
+    hand = np.asarray(exact.best_of_n_law(jnp.log(q), g, 2))
+    hand_err = float(np.max(np.abs(hand - np.array([0.07, 0.375, 0.075, 0.09, 0.3, 0.09]))))
+    limit_err = float(np.max(np.abs(np.asarray(exact.best_of_n_law(jnp.log(q), g, 4096)) - np.array([0, 0.5, 0.1, 0, 0.4, 0]))))
+    records, pvals = [], []
+    star = sequence_logp(exact.optimal_policy(mdp))
+    for i, n in enumerate(ns):
+        law = exact.best_of_n_policy(mdp, n)
+        samples, _ = simulate.simulate_best_of_n(jax.random.key(seed * 313 + i), mdp, n, num_runs)
+        counts = np.asarray(simulate.sequence_counts(samples, mdp.K**mdp.H))
+        pv = pooled_gof_pvalue(counts, np.asarray(jnp.exp(law)))
+        pvals.append(pv)
+        records.append(_record("E6", "best_of_n_mc_vs_exact", n, **_law_metrics(mdp, law, star), gof_pvalue=pv,
+                               mean_reward=float(jnp.sum(jnp.exp(law) * mdp.reward))))
+    return records, dict(hand_case_error=hand_err, limit_error=limit_err, gof_pvalues=pvals,
+                         min_gof_pvalue=min(pvals))
+
+
+# --------------------------------------------------------------------------
+# E7: SMC
+
+
+def e7_smc(mdp: BlockMDP, *, Ns=None, num_runs: int = 100_000, seed: int = 0, check_runs: int = 100_000):
+    Ns = Ns or powers_of_two(256)
+    star = sequence_logp(exact.optimal_policy(mdp))
+    K, H = mdp.K, mdp.H
+    records, zmean, zse, zvar, chi2s = [], [], [], [], []
+    for i, N in enumerate(Ns):
+        samples, info = simulate.simulate_smc(jax.random.key(seed * 977 + i), mdp, N, num_runs)
+        Z = np.exp(np.asarray(info.log_Z))
+        counts = np.asarray(simulate.sequence_counts(samples, K**H))
+        p_hat = counts / num_runs
+        # Pearson's statistic is biased up by sum p(1-p)/(M pi*); remove it.
+        pi = np.exp(np.asarray(star))
+        noise = float(np.sum(p_hat * (1 - p_hat) / pi) / num_runs)
+        chi2_hat = float(metrics.chi2(_log(p_hat), star)) - noise
+        specs_seq = sequence_logp(exact.specs_policy(mdp, N).logp)
+        specs_chi2 = float(metrics.chi2(specs_seq, star))
+        zmean.append(float(Z.mean()))
+        zse.append(float(Z.std() / math.sqrt(num_runs)))
+        zvar.append(float(Z.var()))
+        chi2s.append(chi2_hat)
+        records.append(_record(
+            "E7", "smc_mc", N, kl_forward=metrics.kl(star, _log(p_hat)), tv=metrics.tv(star, _log(p_hat)),
+            objective_gap=metrics.objective_gap(mdp, _log(p_hat)), chi2_to_pi_star=chi2_hat,
+            specs_chi2_to_pi_star=specs_chi2, chi2_noise_floor=noise, Z_mean=zmean[-1], Z_se=zse[-1], Z_var=zvar[-1],
+            mean_ess_fraction=float(np.asarray(info.ess).mean() / N), num_runs=num_runs,
+        ))
+    # N = 1 gives pi_d,seq; H = 1 gives SIR_N (THEORY.md F3)
+    s1, _ = simulate.simulate_smc(jax.random.key(seed * 977 + 500), mdp, 1, check_runs)
+    p_d = np.asarray(jnp.exp(sequence_logp(mdp.draft_logp)))
+    gof_n1 = pooled_gof_pvalue(np.asarray(simulate.sequence_counts(s1, K**H)), p_d)
+    one = random_mdp(jax.random.key(seed + 7), K=6, H=1, beta=mdp.beta, draft_noise=1.0)
+    N_h1 = 8
+    sh, _ = simulate.simulate_smc(jax.random.key(seed * 977 + 501), one, N_h1, check_runs)
+    sir = np.asarray(exact.sir_law(one.draft_logp[0][0], exact._masked_diff(exact.optimal_policy(one)[0][0], one.draft_logp[0][0]), N_h1))
+    gof_h1 = pooled_gof_pvalue(np.asarray(simulate.sequence_counts(sh, 6)), sir / sir.sum())
+    big = [i for i, N in enumerate(Ns) if N >= 4]
+    var_slope = loglog_slope(np.array(Ns)[big], np.array(zvar)[big]) if len(big) >= 2 else None
+    mid = [i for i, N in enumerate(Ns) if 8 <= N <= 128]
+    chi2_slope = loglog_slope(np.array(Ns)[mid], np.array(chi2s)[mid]) if len(mid) >= 2 else None
+    z_ok = [abs(m - 1) <= 4 * s for m, s in zip(zmean, zse)]
+    return records, dict(Ns=Ns, Z_mean=zmean, Z_se=zse, Z_within_4se=all(z_ok), var_slope=var_slope,
+                         chi2=chi2s, chi2_slope=chi2_slope, gof_N1=gof_n1, gof_H1=gof_h1,
+                         chi2_decreasing=bool(all(b < a for a, b in zip(chi2s, chi2s[1:]))))
+
+
+# --------------------------------------------------------------------------
+# E8: block-level vs sequence-level SIR
+
+
+def e8_block_vs_sequence(mdp: BlockMDP, *, ns=None):
+    ns = ns or powers_of_two(512)
+    star = sequence_logp(exact.optimal_policy(mdp))
+    chi2_seq = float(bounds.sequence_chi2(mdp))
+    chi2_direct = float(metrics.chi2(star, sequence_logp(mdp.draft_logp)))
+    records, rows = [], []
+    for n in ns:
+        block = sequence_logp(exact.specs_policy(mdp, n).logp)
+        seq = _log(exact.sequence_sir_law(mdp, n))
+        equal_calls = sequence_logp(exact.specs_policy(mdp, max(n // mdp.H, 1)).logp)
+        kb, ks, ke = (float(metrics.kl(star, x)) for x in (block, seq, equal_calls))
+        rows.append(dict(n=n, block=kb, sequence=ks, block_equal_reward_calls=ke))
+        records.append(_record("E8", "block_specs", n, **_law_metrics(mdp, block, star)))
+        records.append(_record("E8", "sequence_sir", n, **_law_metrics(mdp, seq, star),
+                               bound=math.log1p(chi2_seq / n)))
+        records.append(_record("E8", "block_specs_equal_reward_calls", n, kl_forward=ke))
+    return records, dict(sequence_chi2=chi2_seq, sequence_chi2_direct=chi2_direct, rows=rows)
+
+
+# --------------------------------------------------------------------------
+# E10: soft vs hard PRM
+
+
+def e10_hard_prm(mdp: BlockMDP):
+    star = sequence_logp(exact.optimal_policy(mdp))
+    hard = sequence_logp(exact.hard_prm_policy(mdp))
+    J_star, J_hard = float(metrics.objective(mdp, star)), float(metrics.objective(mdp, hard))
+    kl_ = float(metrics.kl(star, hard))
+    rec = _record("E10", "hard_prm_limit", **_law_metrics(mdp, hard, star), J=J_hard, J_star=J_star)
+    return [rec], dict(kl=kl_, J_hard=J_hard, J_star=J_star)
+
+
+# --------------------------------------------------------------------------
+# objective gap vs n for every method (exact where the law is known)
+
+
+def objective_gaps(mdp: BlockMDP, *, ns=None):
+    ns = ns or powers_of_two(1024)
+    star = sequence_logp(exact.optimal_policy(mdp))
+    records = []
+    for n in ns:
+        laws = {
+            "specs": sequence_logp(exact.specs_policy(mdp, n).logp),
+            "beam_target": sequence_logp(exact.beam_policy(mdp, n, generator="target")),
+            "beam_draft": sequence_logp(exact.beam_policy(mdp, n, generator="draft")),
+            "best_of_n": exact.best_of_n_policy(mdp, n),
+            "sequence_sir": _log(exact.sequence_sir_law(mdp, n)),
+        }
+        for method, law in laws.items():
+            records.append(_record("gaps", method, n, **_law_metrics(mdp, law, star),
+                                   mean_reward=float(jnp.sum(jnp.exp(law) * mdp.reward))))
+    return records, {}
