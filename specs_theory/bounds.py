@@ -9,6 +9,7 @@ probabilities of pi* (or of the policy named).  Everything is float64.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -60,6 +61,7 @@ def _chi2_w(q, w):
 # Theorem B and C (any n >= 1)
 
 
+@jax.jit
 def theorem_b_bound(log_q, log_w, n) -> jax.Array:
     """Pointwise lower bound on SIR_n (Theorem B), probabilities (..., K):
 
@@ -79,6 +81,7 @@ class TheoremC(NamedTuple):
     linear: jax.Array  # chi2(pi_w||q)/n
 
 
+@jax.jit
 def theorem_c_bound(log_q, log_w, n) -> TheoremC:
     """Per-state KL bounds of Theorem C; batch shape of log_q without K."""
     q, w, pos = _weights(log_q, log_w)
@@ -123,16 +126,20 @@ def _expect(reach, per_state):
     )
 
 
+@jax.jit
 def coverage(mdp: BlockMDP) -> Coverage:
     """chi2_h(s), their pi*-averages, chibar2, C and C_td (THEORY.md 3.2)."""
     lstar = optimal_policy(mdp)
     states = _state_chi2(mdp, lstar)
     levels = _expect(prefix_logp(lstar), states)
-    log_c = max(jnp.max(_masked_diff(ls, ld)) for ls, ld in zip(lstar, mdp.draft_logp))
-    log_ctd = max(jnp.max(_masked_diff(lt, ld)) for lt, ld in zip(mdp.target_logp, mdp.draft_logp))
+    log_c = jnp.max(jnp.stack([jnp.max(_masked_diff(a, b)) for a, b in zip(lstar, mdp.draft_logp)]))
+    log_ctd = jnp.max(
+        jnp.stack([jnp.max(_masked_diff(a, b)) for a, b in zip(mdp.target_logp, mdp.draft_logp)])
+    )
     return Coverage(states, levels, jnp.mean(levels), jnp.exp(log_c), jnp.exp(log_ctd))
 
 
+@jax.jit
 def sequence_chi2(mdp: BlockMDP) -> jax.Array:
     """chi2(pi*_seq || pi_d,seq) by the recursion of THEORY.md 3.6:
     C_H = 1, C_h(s) = sum_y pi*(y|s)^2 / pi_d(y|s) C_{h+1}(s o y), chi2 = C_0 - 1.
@@ -155,6 +162,7 @@ class SequenceBound(NamedTuple):
     reward_range: jax.Array  # H log(1 + (C_td e^(R/beta) - 1)/n)
 
 
+@jax.jit
 def sequence_bound(mdp: BlockMDP, n) -> SequenceBound:
     """All forms of Corollary C1 at n (scalars)."""
     lstar = optimal_policy(mdp)
@@ -179,6 +187,7 @@ def sequence_bound(mdp: BlockMDP, n) -> SequenceBound:
 # Prop D (two-sided, needs w_min > 0) and Prop E (first-order asymptotics)
 
 
+@jax.jit
 def prop_d_bound(log_q, log_w, n):
     """(forward, reverse) Prop D bounds per state:
 
@@ -205,6 +214,7 @@ def prop_d_bound(log_q, log_w, n):
     return jnp.where(ok, fwd, jnp.inf), jnp.where(ok, rev, jnp.inf)
 
 
+@jax.jit
 def sequence_prop_d(mdp: BlockMDP, n, specs_logp=None):
     """Sequence-level Prop D: (forward, reverse) bounds on KL(pi*_seq || pi_SPECS,n)
     and KL(pi_SPECS,n || pi*_seq).  Forward sums E_{s ~ pi*}; reverse sums
@@ -223,12 +233,14 @@ def sequence_prop_d(mdp: BlockMDP, n, specs_logp=None):
     return forward, reverse
 
 
+@jax.jit
 def prop_e_delta(log_q, log_w) -> jax.Array:
     """delta(y) = 1 + chi2(pi_w||q) - w(y)/Z = lim n (rho(y) - 1), (..., K)."""
     q, w, _ = _weights(log_q, log_w)
     return 1.0 + _chi2_w(q, w)[..., None] - w
 
 
+@jax.jit
 def prop_e_constant(log_q, log_w) -> jax.Array:
     """lim n^2 KL(pi_w || SIR_n) = 1/2 Var_{pi_w}(w/Z) (needs w > 0 on supp q)."""
     q, w, _ = _weights(log_q, log_w)
@@ -237,6 +249,7 @@ def prop_e_constant(log_q, log_w) -> jax.Array:
     return 0.5 * jnp.sum(pw * (w - mean) ** 2, axis=-1)
 
 
+@jax.jit
 def sequence_prop_e_constant(mdp: BlockMDP) -> jax.Array:
     """c = sum_h E_{s ~ pi*} 1/2 Var_{pi*(.|s)}(pi*/pi_d): n^2 KL(pi*_seq || pi_SPECS,n) -> c."""
     lstar = optimal_policy(mdp)
@@ -270,6 +283,7 @@ def _check_mode(target_mode, score):
         raise ValueError(f"score must be 'q' or 'a', got {score!r}")
 
 
+@partial(jax.jit, static_argnames=('target_mode', 'score'))
 def threshold_limit_policy(mdp: BlockMDP, threshold, *, target_mode="soft", score="q"):
     """pi*_tau = lim_n p_{tau,n} (a policy, H log-prob arrays):
     pi*(.|s) restricted to P_tau(s) where a(s) > 0; where a(s) = 0 (always
@@ -291,6 +305,7 @@ def threshold_limit_policy(mdp: BlockMDP, threshold, *, target_mode="soft", scor
     return tuple(out)
 
 
+@partial(jax.jit, static_argnames=('score',))
 def threshold_bound(mdp: BlockMDP, threshold, n, *, score="q") -> jax.Array:
     """Soft-mode bound KL(pi*_tau,seq || p_{tau,n,seq}) <= sum_h E_{s ~ pi*_tau} log(1 + chi2_tau(s)/n),
     chi2_tau = chi2(pi*_tau || pi_d) where a(s) > 0, chi2(pi* || pi_t) where a(s) = 0."""
@@ -306,6 +321,7 @@ def threshold_bound(mdp: BlockMDP, threshold, n, *, score="q") -> jax.Array:
     return jnp.sum(_expect(prefix_logp(limit), per_state))
 
 
+@partial(jax.jit, static_argnames=('score',))
 def threshold_kl_slope(mdp: BlockMDP, threshold, *, score="q") -> jax.Array:
     """Predicted d/dn KL(pi*_seq || p_{tau,n,seq}) as n -> inf (soft target mode):
         sum_h E_{s ~ pi*}[ pi*(P_tau^c | s) * (-log(1 - a(s))) ] over states with 0 < a < 1.
@@ -320,6 +336,7 @@ def threshold_kl_slope(mdp: BlockMDP, threshold, *, score="q") -> jax.Array:
     return jnp.sum(_expect(prefix_logp(lstar), per_state))
 
 
+@partial(jax.jit, static_argnames=('score',))
 def threshold_reverse_kl_limit(mdp: BlockMDP, threshold, *, score="q") -> jax.Array:
     """lim_n KL(p_{tau,n,seq} || pi*_seq) = KL(pi*_tau,seq || pi*_seq)
     = sum_h E_{s ~ pi*_tau}[ -log pi*(P_tau(s) | s) ] 1{a(s) > 0}  (soft mode)."""

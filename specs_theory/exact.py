@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 
+@jax.jit
 def soft_values(mdp: BlockMDP) -> tuple[jax.Array, ...]:
     """V* at every depth: H+1 arrays, the h-th of shape (K^h,)  (V*[H] = r)."""
     K, beta = mdp.K, mdp.beta
@@ -62,12 +63,14 @@ def soft_values(mdp: BlockMDP) -> tuple[jax.Array, ...]:
     return tuple(V)
 
 
+@jax.jit
 def q_values(mdp: BlockMDP, values=None) -> tuple[jax.Array, ...]:
     """Q*(s,y) = V*(s o y): H arrays of shape (K^h, K)."""
     V = soft_values(mdp) if values is None else values
     return tuple(V[h + 1].reshape(mdp.K**h, mdp.K) for h in range(mdp.H))
 
 
+@jax.jit
 def advantages(mdp: BlockMDP, values=None) -> tuple[jax.Array, ...]:
     """A*(s,y) = Q*(s,y) - V*(s) (the idealised PRM): H arrays (K^h, K)."""
     V = soft_values(mdp) if values is None else values
@@ -75,6 +78,7 @@ def advantages(mdp: BlockMDP, values=None) -> tuple[jax.Array, ...]:
     return tuple(Q[h] - V[h][:, None] for h in range(mdp.H))
 
 
+@jax.jit
 def optimal_policy(mdp: BlockMDP, values=None) -> tuple[jax.Array, ...]:
     """log pi*(y|s) = log pi_t(y|s) + A*(s,y)/beta: H arrays (K^h, K).
 
@@ -88,6 +92,7 @@ def optimal_policy(mdp: BlockMDP, values=None) -> tuple[jax.Array, ...]:
     )
 
 
+@jax.jit
 def hard_values(mdp: BlockMDP) -> tuple[jax.Array, ...]:
     """Hard (rollout) values of the target: V^{pi_t}(s) = E_{pi_t}[r | s].
 
@@ -102,6 +107,7 @@ def hard_values(mdp: BlockMDP) -> tuple[jax.Array, ...]:
     return tuple(V)
 
 
+@jax.jit
 def hard_prm_policy(mdp: BlockMDP) -> tuple[jax.Array, ...]:
     """The n -> inf limit of per-block SIR when the PRM is the hard value:
     log_softmax(log pi_t + Q^{pi_t}/beta) per state (THEORY.md 3.7).
@@ -134,9 +140,12 @@ def _normalise(log_q, log_w):
 _LOG_EPS = math.log(1e-17)
 
 
-@jax.jit
-def _sir_setup(log_q, log_w, n):
+@partial(jax.jit, static_argnames=("shape",))
+def _sir_setup(log_q, log_w, n, shape):
     """Normalise and bound the sigma = log t grid of each row (THEORY.md 6)."""
+    K = shape[-1]
+    log_q = jnp.broadcast_to(log_q, shape).reshape(-1, K)
+    log_w = jnp.broadcast_to(log_w, shape).reshape(-1, K)
     lq, lw = _normalise(log_q, log_w)
     log_n = jnp.log(n)
     pos = lw > -jnp.inf
@@ -172,12 +181,13 @@ def _sir_row(lq, lw, lo, hi, log_n, nm1, num_nodes):
     return jnp.where((lw == -jnp.inf) | (lq == -jnp.inf), -jnp.inf, out)
 
 
-@partial(jax.jit, static_argnames=("num_nodes", "batch"))
-def _sir_kernel(lq, lw, lo, hi, n, num_nodes, batch):
+@partial(jax.jit, static_argnames=("num_nodes", "batch", "shape"))
+def _sir_kernel(lq, lw, lo, hi, n, num_nodes, batch, shape):
     log_n = jnp.log(n)
     nm1 = n - 1.0
     row = partial(_sir_row, log_n=log_n, nm1=nm1, num_nodes=num_nodes)
-    return jax.lax.map(lambda a: row(*a), (lq, lw, lo, hi), batch_size=batch)
+    out = jax.lax.map(lambda a: row(*a), (lq, lw, lo, hi), batch_size=batch)
+    return out.reshape(shape)
 
 
 def _check_n(n):
@@ -194,23 +204,21 @@ def sir_logprobs(log_q, log_w, n, *, step: float = 0.1, num_nodes: int | None = 
     """
     log_q = jnp.asarray(log_q, dtype=jnp.float64)
     log_w = jnp.asarray(log_w, dtype=jnp.float64)
-    log_q, log_w = jnp.broadcast_arrays(log_q, log_w)
-    shape = log_q.shape
-    if log_q.ndim == 0 or shape[-1] < 1:
+    shape = jnp.broadcast_shapes(log_q.shape, log_w.shape)
+    if len(shape) == 0 or shape[-1] < 1:
         raise ValueError(f"log_q and log_w need a last axis of symbols (..., K), got {shape}")
     K = shape[-1]
     n = _check_n(n)
-    lq, lw, lo, hi = _sir_setup(log_q.reshape(-1, K), log_w.reshape(-1, K), n)
+    lq, lw, lo, hi = _sir_setup(log_q, log_w, n, shape)
     if num_nodes is None:
         # P5: the grid spans each row's whole log-weight range at spacing <= step;
         # one node count for the batch, rounded up to limit recompilation.
-        span = float(jnp.max(hi - lo))
+        span = float(np.max(np.asarray(hi - lo)))
         num_nodes = 256 * math.ceil((span / step + 2) / 256)
     elif num_nodes < 3:
         raise ValueError(f"num_nodes must be >= 3, got {num_nodes}")
     batch = max(1, min(lq.shape[0], (1 << 20) // (num_nodes * K)))
-    out = _sir_kernel(lq, lw, lo, hi, n, num_nodes, batch)
-    return out.reshape(shape)
+    return _sir_kernel(lq, lw, lo, hi, n, num_nodes, batch, shape)
 
 
 def sir_law(log_q, log_w, n, *, step: float = 0.1, num_nodes: int | None = None):
@@ -436,36 +444,56 @@ def specs_policy(
     if score not in ("q", "a"):
         raise ValueError(f"score must be 'q' or 'a', got {score!r}")
     n_arr = _check_n(n)
+    tau = -jnp.inf if threshold is None else threshold
+    ld, lt, log_w_draft, log_w_target, g, log_rho = _specs_setup(mdp, tau, n_arr, score)
+    draft = sir_logprobs(ld, log_w_draft, n, step=step)
+    if bool(jnp.any(log_rho > -jnp.inf)):
+        if target_mode == "soft":
+            target = sir_logprobs(lt, log_w_target, n, step=step)
+        else:
+            target = best_of_n_logprobs(lt, g, n)
+    else:
+        target = jnp.full_like(draft, -jnp.inf)
+    return _specs_finish(mdp, draft, log_rho, target)
+
+
+@partial(jax.jit, static_argnames=("score",))
+def _specs_setup(mdp, tau, n, score):
+    """Stacked (all depths) inputs of the draft and target SIR calls."""
     V = soft_values(mdp)
     ld = _stack(mdp.draft_logp)
     lt = _stack(mdp.target_logp)
     lstar = _stack(optimal_policy(mdp, V))
+    g = _stack(q_values(mdp, V) if score == "q" else advantages(mdp, V))
     log_w = _masked_diff(lstar, ld)
     # a draft passes when its score is above tau and its weight is > 0 (without
-    # A1 a zero-weight draft can never be selected; "no threshold" keeps the
-    # second condition, so under A1 it never defers).
-    passing = log_w > -jnp.inf
-    if threshold is not None:
-        g = _stack(q_values(mdp, V) if score == "q" else advantages(mdp, V))
-        passing = passing & (g > threshold)
+    # A1 a zero-weight draft can never be selected; "no threshold" (tau = -inf)
+    # keeps the second condition, so under A1 it never defers).
+    passing = (log_w > -jnp.inf) & (g > tau)
     log_fail = logsumexp(jnp.where(passing, -jnp.inf, ld), axis=-1)  # log(1 - a(s))
     log_fail = jnp.where(jnp.any(passing, axis=-1), log_fail, 0.0)  # rho = 1 exactly
-    log_rho = jnp.where(log_fail == -jnp.inf, -jnp.inf, n_arr * log_fail)
-    logp = sir_logprobs(ld, jnp.where(passing, log_w, -jnp.inf), n, step=step)
-    if bool(jnp.any(log_rho > -jnp.inf)):
-        if target_mode == "soft":
-            target = sir_logprobs(lt, _masked_diff(lstar, lt), n, step=step)
-        else:
-            g = _stack(q_values(mdp, V) if score == "q" else advantages(mdp, V))
-            target = best_of_n_logprobs(lt, g, n)
-        logp = jnp.logaddexp(logp, log_rho[:, None] + target)
-    defer = jnp.exp(log_rho)
-    return SpecsPolicy(_split(mdp, logp), _split(mdp, defer))
+    log_rho = jnp.where(log_fail == -jnp.inf, -jnp.inf, n * log_fail)
+    log_w_draft = jnp.where(passing, log_w, -jnp.inf)
+    return ld, lt, log_w_draft, _masked_diff(lstar, lt), g, log_rho
+
+
+@jax.jit
+def _specs_finish(mdp, draft, log_rho, target):
+    log_rho_col = log_rho[:, None]
+    deferred = jnp.where(log_rho_col == -jnp.inf, -jnp.inf, log_rho_col + target)
+    logp = jnp.logaddexp(draft, deferred)
+    return SpecsPolicy(_split(mdp, logp), _split(mdp, jnp.exp(log_rho)))
 
 
 def beam_policy(mdp: BlockMDP, n: int, *, generator: str = "target", atol: float = 0.0):
     """Beam search, width 1, n expansions per block: BoN_n[pi_gen(.|s), Q*(s,.)]
     at every state (ties uniform).  Returns a policy (H log-prob arrays)."""
+    _generator(mdp, generator)
+    return _beam_policy(mdp, _check_n(n), generator, atol)
+
+
+@partial(jax.jit, static_argnames=("generator",))
+def _beam_policy(mdp, n, generator, atol):
     gen = _generator(mdp, generator)
     Q = q_values(mdp)
     return tuple(best_of_n_logprobs(gen[h], Q[h], n, atol=atol) for h in range(mdp.H))
@@ -475,6 +503,12 @@ def best_of_n_policy(mdp: BlockMDP, n: int, *, generator: str = "target", atol: 
     """Best-of-n over whole responses: BoN_n[pi_gen,seq, r], ties uniform.
 
     Returns (K^H,) LOG-probabilities of the response law."""
+    _generator(mdp, generator)
+    return _best_of_n_policy(mdp, _check_n(n), generator, atol)
+
+
+@partial(jax.jit, static_argnames=("generator",))
+def _best_of_n_policy(mdp, n, generator, atol):
     gen = sequence_logp(_generator(mdp, generator))
     return best_of_n_logprobs(gen, mdp.reward, n, atol=atol)
 
@@ -490,9 +524,14 @@ def _generator(mdp, generator):
 def sequence_sir_law(mdp: BlockMDP, n: int, *, step: float = 0.1):
     """SPECS with one block = the whole response (THEORY.md 3.6):
     SIR_n[pi_d,seq, pi*_seq / pi_d,seq], (K^H,) PROBABILITIES."""
+    return sir_law(*_sequence_weights(mdp), n, step=step)
+
+
+@jax.jit
+def _sequence_weights(mdp):
     ld = sequence_logp(mdp.draft_logp)
     lstar = jax.nn.log_softmax(sequence_logp(mdp.target_logp) + mdp.reward / mdp.beta)
-    return sir_law(ld, _masked_diff(lstar, ld), n, step=step)
+    return ld, _masked_diff(lstar, ld)
 
 
 def sequence_logprobs(mdp: BlockMDP, policy) -> jax.Array:
@@ -505,6 +544,7 @@ def sequence_probs(mdp: BlockMDP, policy) -> jax.Array:
     return jnp.exp(sequence_logp(policy))
 
 
+@jax.jit
 def expected_deferrals(mdp: BlockMDP, policy: SpecsPolicy) -> jax.Array:
     """E[# deferred blocks] = sum_h E_{s_h ~ p} rho_def(s_h) (scalar)."""
     reach = prefix_logp(policy.logp)

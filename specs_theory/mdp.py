@@ -180,6 +180,7 @@ def children(idx, K: int) -> jax.Array:
     return jnp.asarray(idx)[..., None] * K + jnp.arange(K)
 
 
+@jax.jit
 def prefix_logp(policy_logp: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
     """Log-probability of reaching every state under a Markov block policy.
 
