@@ -1,0 +1,104 @@
+"""The search loop end to end on the tiny HF models: every strategy, seeds, tokenizers."""
+
+import json
+
+import pytest
+
+from specs_llm.config import SearchConfig
+from specs_llm.search import Models, run_search
+from specs_llm.timing import Ledger
+
+QUESTIONS = ["What is 1+1?", "Solve x + 2 = 5.", "Name a prime."]
+
+SEARCHES = [
+    dict(strategy="specs", n=4, k=1, threshold=7.0),
+    dict(strategy="specs", n=4, k=2, threshold=None, first_step="draft", target_mode="soft"),
+    dict(strategy="beam", generator="target", n=4, k=2),
+    dict(strategy="beam", generator="draft", n=4, k=1, aggregation="prm_min"),
+    dict(strategy="bon", n=4, aggregation="vote"),
+    dict(strategy="rsd", n=1, threshold=0.5),
+]
+
+
+@pytest.fixture(scope="module")
+def models(hf_draft, hf_target, hf_prm):
+    return Models(hf_draft, hf_target, hf_prm)
+
+
+@pytest.mark.parametrize("cfg", SEARCHES, ids=[f"{c['strategy']}-{i}" for i, c in enumerate(SEARCHES)])
+def test_every_strategy_completes_and_reproduces(models, cfg):
+    config = SearchConfig(max_steps=3, max_step_tokens=16, sampling_temperature=1.0, seed=1, **cfg)
+    ledger = Ledger()
+    first = run_search(QUESTIONS, models, config, ledger=ledger)
+    again = run_search(QUESTIONS, models, config)
+    for a, b in zip(first, again):
+        assert a.error is None, a.error
+        assert a.text is not None and a.steps
+        for s in a.steps:
+            assert s.source in ("draft", "target") and s.num_tokens >= 0
+        assert a.to_dict()["steps"] == b.to_dict()["steps"]
+        assert a.timing["seconds"] > 0 and a.timing["by_model"]["prm"]["calls"] > 0
+    summary = ledger.summary()
+    if cfg.get("generator") == "draft":
+        assert "target" not in summary["by_model"]
+    if cfg["strategy"] == "specs":
+        assert "target_scoring" in summary["by_phase"] or cfg.get("first_step", "target") == "target"
+
+
+def test_specs_scores_are_the_documented_formula(models):
+    # reward weight 10, no length normalisation: score = (logp_t - logp_d) + 10 r
+    config = SearchConfig(n=4, max_steps=2, max_step_tokens=12, first_step="draft", threshold=None, seed=2,
+                          sampling_temperature=1.0)
+    (res,) = run_search(QUESTIONS[:1], models, config)
+    for s in res.steps:
+        if s.source == "draft":
+            assert s.score == pytest.approx(s.logp_target - s.logp_draft + 10 * s.reward, abs=1e-9)
+
+
+def test_draft_with_a_different_tokenizer_scores_at_text_level(tiny_models, hf_target, hf_prm, tmp_path):
+    from specs_llm.backends.hf import HFLanguageModel
+    from specs_llm.testing import build_tiny_model
+
+    other = HFLanguageModel(build_tiny_model(tmp_path, "draft_merges"))
+    assert len(other.tokenizer) != len(hf_target.tokenizer)
+    config = SearchConfig(n=4, max_steps=2, max_step_tokens=12, first_step="draft", threshold=None, seed=0,
+                          sampling_temperature=1.0)
+    (res,) = run_search(QUESTIONS[:1], Models(other, hf_target, hf_prm), config)
+    assert res.error is None and any(s.source == "draft" for s in res.steps)
+
+
+def test_cli_generate_json(tiny_models, capsys):
+    from specs_llm.cli import main
+
+    rc = main([
+        "generate", "--backend", "hf", "--draft", tiny_models["draft"], "--target", tiny_models["target"],
+        "--prm", tiny_models["prm"], "--question", "What is 2+2?", "--n", "4", "--max-steps", "2",
+        "--max-step-tokens", "12", "--first-step", "draft", "--json",
+    ])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert {"text", "answer", "steps", "timing"} <= set(out)
+    for s in out["steps"]:
+        assert {"text", "source", "score", "reward", "deferred"} <= set(s)
+        assert s["source"] in ("draft", "target")
+    assert {"draft", "target", "prm"} <= set(out["run_timing"]["by_model"])
+    assert "draft_generation" in out["run_timing"]["by_phase"]
+
+
+def test_cli_generate_trace_and_errors(tiny_models, capsys):
+    from specs_llm.cli import main
+
+    rc = main(["generate", "--target", tiny_models["target"], "--prm", tiny_models["prm"], "--question", "Hi?",
+               "--strategy", "beam", "--n", "2", "--max-steps", "1", "--max-step-tokens", "8"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "step  source" in out and "latency" in out
+    with pytest.raises(SystemExit, match="--draft is required"):
+        main(["generate", "--target", tiny_models["target"], "--prm", tiny_models["prm"], "--question", "Hi?"])
+    rc = main(["generate", "--target", tiny_models["target"], "--prm", tiny_models["prm"], "--question", "Hi?",
+               "--strategy", "beam", "--n", "3", "--k", "2"])
+    assert rc == 2 and "n must be a multiple of k" in capsys.readouterr().err
+
+
+def test_empty_question_is_rejected(models):
+    with pytest.raises(ValueError, match="question 0 is empty"):
+        run_search([""], models, SearchConfig())
