@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 # Runs vmapped together; bounds memory at about this many candidates per chunk.
-_CANDIDATES_PER_CHUNK = 1 << 21
+_CANDIDATES_PER_CHUNK = 1 << 22
 
 
 # --------------------------------------------------------------------------
@@ -158,10 +158,13 @@ def _tables(mdp) -> _Tables:
     )
 
 
-def _block_inputs(key, K, H):
-    """Per-block scan inputs: (H,) keys and (H,) row offsets of each depth."""
+def _block_inputs(key, K, H, num_keys):
+    """Per-block scan inputs ((H, num_keys) keys, (H,) row offsets of each
+    depth) and one more key for after the last block. A single split, so
+    one threefry is compiled for all of them."""
     offsets = jnp.asarray([sum(K**j for j in range(h)) for h in range(H)], jnp.int32)
-    return jax.random.split(key, H), offsets
+    keys = jax.random.split(key, (H + 1, num_keys))
+    return (keys[:H], offsets), keys[H, 0]
 
 
 def _all_finite(arrays) -> bool:
@@ -192,25 +195,39 @@ def _check_nonnegative(name, value):
 
 def _batch_size(batch_size, num_runs, per_run) -> int:
     if batch_size is None:
-        return max(1, min(num_runs, _CANDIDATES_PER_CHUNK // max(per_run, 1)))
-    return min(_check_count("batch_size", batch_size), num_runs)
+        batch_size = max(1, _CANDIDATES_PER_CHUNK // max(per_run, 1))
+    else:
+        batch_size = _check_count("batch_size", batch_size)
+    if batch_size >= num_runs:
+        return num_runs
+    # Equal chunks: the fewest chunks of at most batch_size runs each.
+    num_chunks = -(-num_runs // batch_size)
+    return -(-num_runs // num_chunks)
 
 
 def _map_runs(run, key, num_runs, batch_size):
-    """Apply ``run(key)`` to ``jax.random.split(key, num_runs)``, vmapped in chunks."""
+    """Apply ``run(key)`` to ``jax.random.split(key, num_runs)``, vmapped in
+    chunks of ``batch_size`` runs (the last chunk padded with repeated keys
+    whose runs are dropped, so one chunk shape is compiled)."""
     keys = jax.random.split(key, num_runs)
     if batch_size >= num_runs:
         return jax.vmap(run)(keys)
-    return jax.lax.map(run, keys, batch_size=batch_size)
+    num_chunks = -(-num_runs // batch_size)
+    padded = jnp.concatenate([keys, keys[: num_chunks * batch_size - num_runs]])
+    out = jax.lax.map(jax.vmap(run), padded.reshape(num_chunks, batch_size))
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:num_runs], out)
 
 
-def _draw(key, cdf, rows):
+def _draw(u, cdf, rows):
     """One block per state row, y ~ pi(.|s), by inversion of the row's CDF:
-    y = #{j < K-1 : cdf[j] <= u}, u ~ U[0, 1) (one uniform per draw; a
-    zero-probability block is never drawn). rows: (m,) -> (m,) int32."""
+    y = #{j < K-1 : cdf[j] <= u} with u ~ U[0, 1) given (one uniform per
+    draw; a zero-probability block is never drawn). (m,) -> (m,) int32."""
     c = cdf[rows]
-    u = jax.random.uniform(key, rows.shape, dtype=c.dtype)
     return jnp.sum(c[..., :-1] <= u[..., None], axis=-1).astype(jnp.int32)
+
+
+def _uniforms(key, shape):
+    return jax.random.uniform(key, shape, dtype=jnp.float64)
 
 
 def _fill_empty(indices):
@@ -251,13 +268,13 @@ def _specs_run(key, mdp, tables, threshold, temperature, *, n, k, use_threshold,
     replace = replace or k == 1
 
     def block(beams, inputs):
-        key_h, offset = inputs
-        k_draft, k_target, k_select, k_defer = jax.random.split(key_h, 4)
+        (k_draw, k_select, k_defer), offset = inputs
         parent = jnp.repeat(beams, m)  # (k*m,) beam of each candidate
         rows = offset + parent
+        u = _uniforms(k_draw, (2 if can_defer else 1, k * m))
 
         # Draft phase: k*m candidates from pi_d, soft verification.
-        y_d = _draw(k_draft, tables.draft_cdf, rows)
+        y_d = _draw(u[0], tables.draft_cdf, rows)
         adv_d = tables.advantage[rows, y_d]
         gate_d = tables.q_value[rows, y_d] if score == "q" else adv_d
         scores = select.candidate_scores(
@@ -272,7 +289,7 @@ def _specs_run(key, mdp, tables, threshold, temperature, *, n, k, use_threshold,
         )
         if can_defer:
             # Deferral: as many candidates from pi_t, kept by the PRM alone.
-            y_t = _draw(k_target, tables.target_cdf, rows)
+            y_t = _draw(u[1], tables.target_cdf, rows)
             adv_t = tables.advantage[rows, y_t]
             if target_mode == "soft":
                 kept_t = select.select_target(
@@ -289,10 +306,8 @@ def _specs_run(key, mdp, tables, threshold, temperature, *, n, k, use_threshold,
         kept, filled = _fill_empty(kept)
         return parent[kept] * K + y[kept], (step.deferred, filled)
 
-    key_blocks, key_final = jax.random.split(key)
-    beams, (deferred, num_filled) = jax.lax.scan(
-        block, jnp.zeros((k,), jnp.int32), _block_inputs(key_blocks, K, H)
-    )
+    inputs, key_final = _block_inputs(key, K, H, 3)
+    beams, (deferred, num_filled) = jax.lax.scan(block, jnp.zeros((k,), jnp.int32), inputs)
     if k == 1:
         answer = beams[0]
     else:  # the completed beam with the best final reward, ties uniform
@@ -410,14 +425,14 @@ def _beam_run(key, mdp, cdf, q_value, *, n, k):
     m = n // k
 
     def block(beams, inputs):
-        key_h, offset = inputs
-        k_draw, k_keep = jax.random.split(key_h)
+        (k_draw, k_keep), offset = inputs
         parent = jnp.repeat(beams, m)
-        y = _draw(k_draw, cdf, offset + parent)
+        y = _draw(_uniforms(k_draw, parent.shape), cdf, offset + parent)
         kept = _keep_best(k_keep, q_value[offset + parent, y], k)  # best first
         return parent[kept] * mdp.K + y[kept], None
 
-    beams, _ = jax.lax.scan(block, jnp.zeros((k,), jnp.int32), _block_inputs(key, mdp.K, mdp.H))
+    inputs, _ = _block_inputs(key, mdp.K, mdp.H, 2)
+    beams, _ = jax.lax.scan(block, jnp.zeros((k,), jnp.int32), inputs)
     # The last block's Q* is the reward, so beams[0] is the best final beam.
     return beams[0], BeamSearchInfo(beams, mdp.reward[beams[0]])
 
@@ -453,12 +468,12 @@ def simulate_beam_search(key, mdp, n: int, num_runs: int, *, k: int = 1,
 
 def _best_of_n_run(key, mdp, cdf, *, n):
     def block(responses, inputs):
-        key_h, offset = inputs
-        return responses * mdp.K + _draw(key_h, cdf, offset + responses), None
+        (key_h,), offset = inputs
+        y = _draw(_uniforms(key_h, responses.shape), cdf, offset + responses)
+        return responses * mdp.K + y, None
 
-    k_draw, k_keep = jax.random.split(key)
-    responses, _ = jax.lax.scan(block, jnp.zeros((n,), jnp.int32),
-                                _block_inputs(k_draw, mdp.K, mdp.H))
+    inputs, k_keep = _block_inputs(key, mdp.K, mdp.H, 1)
+    responses, _ = jax.lax.scan(block, jnp.zeros((n,), jnp.int32), inputs)
     r = mdp.reward[responses]
     best = responses[_keep_best(k_keep, r, 1)[0]]
     return best, BestOfNInfo(mdp.reward[best], jnp.mean(r))
@@ -497,10 +512,9 @@ def _smc_run(key, mdp, tables, ess_threshold, *, N, resampling):
 
     def block(carry, inputs):
         particles, log_w, log_Z = carry  # log_w: log-weights carried since the last resampling
-        (key_h, offset), last = inputs
-        k_draw, k_resample = jax.random.split(key_h)
+        ((k_draw, k_resample), offset), last = inputs
         rows = offset + particles
-        y = _draw(k_draw, tables.draft_cdf, rows)
+        y = _draw(_uniforms(k_draw, (N,)), tables.draft_cdf, rows)
         # Exponentiated score G = pi_t/pi_d * exp(A*/beta), in log space.
         log_G = select.candidate_scores(
             tables.target_logp[rows, y],
@@ -520,12 +534,12 @@ def _smc_run(key, mdp, tables, ess_threshold, *, N, resampling):
         log_w = jnp.where(do, jnp.zeros_like(log_w), log_w)
         return (particles, log_w, log_Z), (ess, do)
 
-    key_blocks, key_out = jax.random.split(key)
-    init = (jnp.zeros((N,), jnp.int32), jnp.zeros((N,)), jnp.zeros(()))
+    inputs, key_out = _block_inputs(key, K, H, 2)
+    # The barrier keeps XLA from constant-folding the first block over the
+    # (num_runs, N) broadcast of this constant state (seconds at N = 1).
+    init = jax.lax.optimization_barrier((jnp.zeros((N,), jnp.int32), jnp.zeros((N,)), jnp.zeros(())))
     last = jnp.arange(H) == H - 1
-    (particles, log_w, log_Z), (ess, resampled) = jax.lax.scan(
-        block, init, (_block_inputs(key_blocks, K, H), last)
-    )
+    (particles, log_w, log_Z), (ess, resampled) = jax.lax.scan(block, init, (inputs, last))
     # Output x^J, J ~ Cat(final weights).
     j = select.subsample(key_out, log_w, 1, temperature=1.0, replace=True)[0]
     return particles[j], SMCInfo(log_Z, ess, resampled)
