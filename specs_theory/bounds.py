@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from specs_theory.exact import _masked_diff, _normalise, advantages, optimal_policy, q_values
-from specs_theory.mdp import BlockMDP, prefix_logp
+from specs_theory.mdp import BlockMDP, mdp_jit, prefix_logp
 
 __all__ = [
     "theorem_b_bound",
@@ -126,7 +126,7 @@ def _expect(reach, per_state):
     )
 
 
-@jax.jit
+@mdp_jit
 def coverage(mdp: BlockMDP) -> Coverage:
     """chi2_h(s), their pi*-averages, chibar2, C and C_td (THEORY.md 3.2)."""
     lstar = optimal_policy(mdp)
@@ -139,7 +139,7 @@ def coverage(mdp: BlockMDP) -> Coverage:
     return Coverage(states, levels, jnp.mean(levels), jnp.exp(log_c), jnp.exp(log_ctd))
 
 
-@jax.jit
+@mdp_jit
 def sequence_chi2(mdp: BlockMDP) -> jax.Array:
     """chi2(pi*_seq || pi_d,seq) by the recursion of THEORY.md 3.6:
     C_H = 1, C_h(s) = sum_y pi*(y|s)^2 / pi_d(y|s) C_{h+1}(s o y), chi2 = C_0 - 1.
@@ -162,7 +162,7 @@ class SequenceBound(NamedTuple):
     reward_range: jax.Array  # H log(1 + (C_td e^(R/beta) - 1)/n)
 
 
-@jax.jit
+@mdp_jit
 def sequence_bound(mdp: BlockMDP, n) -> SequenceBound:
     """All forms of Corollary C1 at n (scalars)."""
     lstar = optimal_policy(mdp)
@@ -214,7 +214,7 @@ def prop_d_bound(log_q, log_w, n):
     return jnp.where(ok, fwd, jnp.inf), jnp.where(ok, rev, jnp.inf)
 
 
-@jax.jit
+@mdp_jit
 def sequence_prop_d(mdp: BlockMDP, n, specs_logp=None):
     """Sequence-level Prop D: (forward, reverse) bounds on KL(pi*_seq || pi_SPECS,n)
     and KL(pi_SPECS,n || pi*_seq).  Forward sums E_{s ~ pi*}; reverse sums
@@ -249,7 +249,7 @@ def prop_e_constant(log_q, log_w) -> jax.Array:
     return 0.5 * jnp.sum(pw * (w - mean) ** 2, axis=-1)
 
 
-@jax.jit
+@mdp_jit
 def sequence_prop_e_constant(mdp: BlockMDP) -> jax.Array:
     """c = sum_h E_{s ~ pi*} 1/2 Var_{pi*(.|s)}(pi*/pi_d): n^2 KL(pi*_seq || pi_SPECS,n) -> c."""
     lstar = optimal_policy(mdp)
@@ -283,7 +283,7 @@ def _check_mode(target_mode, score):
         raise ValueError(f"score must be 'q' or 'a', got {score!r}")
 
 
-@partial(jax.jit, static_argnames=('target_mode', 'score'))
+@mdp_jit(static_argnames=("target_mode", "score"))
 def threshold_limit_policy(mdp: BlockMDP, threshold, *, target_mode="soft", score="q"):
     """pi*_tau = lim_n p_{tau,n} (a policy, H log-prob arrays):
     pi*(.|s) restricted to P_tau(s) where a(s) > 0; where a(s) = 0 (always
@@ -305,7 +305,7 @@ def threshold_limit_policy(mdp: BlockMDP, threshold, *, target_mode="soft", scor
     return tuple(out)
 
 
-@partial(jax.jit, static_argnames=('score',))
+@mdp_jit(static_argnames=("score",))
 def threshold_bound(mdp: BlockMDP, threshold, n, *, score="q") -> jax.Array:
     """Soft-mode bound KL(pi*_tau,seq || p_{tau,n,seq}) <= sum_h E_{s ~ pi*_tau} log(1 + chi2_tau(s)/n),
     chi2_tau = chi2(pi*_tau || pi_d) where a(s) > 0, chi2(pi* || pi_t) where a(s) = 0."""
@@ -321,7 +321,7 @@ def threshold_bound(mdp: BlockMDP, threshold, n, *, score="q") -> jax.Array:
     return jnp.sum(_expect(prefix_logp(limit), per_state))
 
 
-@partial(jax.jit, static_argnames=('score',))
+@mdp_jit(static_argnames=("score",))
 def threshold_kl_slope(mdp: BlockMDP, threshold, *, score="q") -> jax.Array:
     """Predicted d/dn KL(pi*_seq || p_{tau,n,seq}) as n -> inf (soft target mode):
         sum_h E_{s ~ pi*}[ pi*(P_tau^c | s) * (-log(1 - a(s))) ] over states with 0 < a < 1.
@@ -336,7 +336,7 @@ def threshold_kl_slope(mdp: BlockMDP, threshold, *, score="q") -> jax.Array:
     return jnp.sum(_expect(prefix_logp(lstar), per_state))
 
 
-@partial(jax.jit, static_argnames=('score',))
+@mdp_jit(static_argnames=("score",))
 def threshold_reverse_kl_limit(mdp: BlockMDP, threshold, *, score="q") -> jax.Array:
     """lim_n KL(p_{tau,n,seq} || pi*_seq) = KL(pi*_tau,seq || pi*_seq)
     = sum_h E_{s ~ pi*_tau}[ -log pi*(P_tau(s) | s) ] 1{a(s) > 0}  (soft mode)."""

@@ -26,7 +26,7 @@ from jax.scipy.special import logsumexp
 from scipy import integrate
 from scipy import special as sps
 
-from specs_theory.mdp import BlockMDP, prefix_logp, sequence_logp
+from specs_theory.mdp import BlockMDP, mdp_jit, prefix_logp, sequence_logp
 
 __all__ = [
     "soft_values",
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 
-@jax.jit
+@mdp_jit
 def soft_values(mdp: BlockMDP) -> tuple[jax.Array, ...]:
     """V* at every depth: H+1 arrays, the h-th of shape (K^h,)  (V*[H] = r)."""
     K, beta = mdp.K, mdp.beta
@@ -63,14 +63,14 @@ def soft_values(mdp: BlockMDP) -> tuple[jax.Array, ...]:
     return tuple(V)
 
 
-@jax.jit
+@mdp_jit
 def q_values(mdp: BlockMDP, values=None) -> tuple[jax.Array, ...]:
     """Q*(s,y) = V*(s o y): H arrays of shape (K^h, K)."""
     V = soft_values(mdp) if values is None else values
     return tuple(V[h + 1].reshape(mdp.K**h, mdp.K) for h in range(mdp.H))
 
 
-@jax.jit
+@mdp_jit
 def advantages(mdp: BlockMDP, values=None) -> tuple[jax.Array, ...]:
     """A*(s,y) = Q*(s,y) - V*(s) (the idealised PRM): H arrays (K^h, K)."""
     V = soft_values(mdp) if values is None else values
@@ -78,7 +78,7 @@ def advantages(mdp: BlockMDP, values=None) -> tuple[jax.Array, ...]:
     return tuple(Q[h] - V[h][:, None] for h in range(mdp.H))
 
 
-@jax.jit
+@mdp_jit
 def optimal_policy(mdp: BlockMDP, values=None) -> tuple[jax.Array, ...]:
     """log pi*(y|s) = log pi_t(y|s) + A*(s,y)/beta: H arrays (K^h, K).
 
@@ -92,7 +92,7 @@ def optimal_policy(mdp: BlockMDP, values=None) -> tuple[jax.Array, ...]:
     )
 
 
-@jax.jit
+@mdp_jit
 def hard_values(mdp: BlockMDP) -> tuple[jax.Array, ...]:
     """Hard (rollout) values of the target: V^{pi_t}(s) = E_{pi_t}[r | s].
 
@@ -107,7 +107,7 @@ def hard_values(mdp: BlockMDP) -> tuple[jax.Array, ...]:
     return tuple(V)
 
 
-@jax.jit
+@mdp_jit
 def hard_prm_policy(mdp: BlockMDP) -> tuple[jax.Array, ...]:
     """The n -> inf limit of per-block SIR when the PRM is the hard value:
     log_softmax(log pi_t + Q^{pi_t}/beta) per state (THEORY.md 3.7).
@@ -457,7 +457,7 @@ def specs_policy(
     return _specs_finish(mdp, draft, log_rho, target)
 
 
-@partial(jax.jit, static_argnames=("score",))
+@mdp_jit(static_argnames=("score",))
 def _specs_setup(mdp, tau, n, score):
     """Stacked (all depths) inputs of the draft and target SIR calls."""
     V = soft_values(mdp)
@@ -477,7 +477,7 @@ def _specs_setup(mdp, tau, n, score):
     return ld, lt, log_w_draft, _masked_diff(lstar, lt), g, log_rho
 
 
-@jax.jit
+@mdp_jit
 def _specs_finish(mdp, draft, log_rho, target):
     log_rho_col = log_rho[:, None]
     deferred = jnp.where(log_rho_col == -jnp.inf, -jnp.inf, log_rho_col + target)
@@ -492,7 +492,7 @@ def beam_policy(mdp: BlockMDP, n: int, *, generator: str = "target", atol: float
     return _beam_policy(mdp, _check_n(n), generator, atol)
 
 
-@partial(jax.jit, static_argnames=("generator",))
+@mdp_jit(static_argnames=("generator",))
 def _beam_policy(mdp, n, generator, atol):
     gen = _generator(mdp, generator)
     Q = q_values(mdp)
@@ -507,7 +507,7 @@ def best_of_n_policy(mdp: BlockMDP, n: int, *, generator: str = "target", atol: 
     return _best_of_n_policy(mdp, _check_n(n), generator, atol)
 
 
-@partial(jax.jit, static_argnames=("generator",))
+@mdp_jit(static_argnames=("generator",))
 def _best_of_n_policy(mdp, n, generator, atol):
     gen = sequence_logp(_generator(mdp, generator))
     return best_of_n_logprobs(gen, mdp.reward, n, atol=atol)
@@ -527,7 +527,7 @@ def sequence_sir_law(mdp: BlockMDP, n: int, *, step: float = 0.1):
     return sir_law(*_sequence_weights(mdp), n, step=step)
 
 
-@jax.jit
+@mdp_jit
 def _sequence_weights(mdp):
     ld = sequence_logp(mdp.draft_logp)
     lstar = jax.nn.log_softmax(sequence_logp(mdp.target_logp) + mdp.reward / mdp.beta)
@@ -544,7 +544,7 @@ def sequence_probs(mdp: BlockMDP, policy) -> jax.Array:
     return jnp.exp(sequence_logp(policy))
 
 
-@jax.jit
+@mdp_jit
 def expected_deferrals(mdp: BlockMDP, policy: SpecsPolicy) -> jax.Array:
     """E[# deferred blocks] = sum_h E_{s_h ~ p} rho_def(s_h) (scalar)."""
     reach = prefix_logp(policy.logp)

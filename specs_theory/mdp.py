@@ -15,7 +15,7 @@ A *policy* is a tuple of H arrays of log-probabilities, the h-th of shape
 
 from __future__ import annotations
 
-from functools import partial
+from functools import partial, wraps
 from typing import Sequence
 
 import jax
@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "BlockMDP",
+    "mdp_jit",
     "random_mdp",
     "sequence_view",
     "children",
@@ -173,6 +174,56 @@ class BlockMDP:
             i = int(np.argmax(out))
             raise ValueError(f"reward must lie in [0, reward_range={R}]; reward[{i}] = {float(r[i])!r}")
         return cls(K, H, beta_f, R, tables["target_probs"], tables["draft_probs"], jnp.asarray(r))
+
+
+@jax.tree_util.register_pytree_node_class
+class _TracedMDP:
+    """Internal stand-in for a `BlockMDP` inside `mdp_jit`-compiled code: the
+    same attributes, but beta and reward_range are traced leaves, so that one
+    compilation serves every beta (only K and H are static)."""
+
+    __slots__ = BlockMDP.__slots__
+
+    def __init__(self, K, H, beta, reward_range, target_logp, draft_logp, reward):
+        self.K, self.H = int(K), int(H)
+        self.beta, self.reward_range = beta, reward_range
+        self.target_logp, self.draft_logp = tuple(target_logp), tuple(draft_logp)
+        self.reward = reward
+
+    num_states = BlockMDP.num_states
+
+    def tree_flatten(self):
+        leaves = (self.target_logp, self.draft_logp, self.reward, self.beta, self.reward_range)
+        return leaves, (self.K, self.H)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        target_logp, draft_logp, reward, beta, R = children
+        return cls(aux[0], aux[1], beta, R, target_logp, draft_logp, reward)
+
+
+def _traced(mdp):
+    if isinstance(mdp, _TracedMDP):
+        return mdp
+    return _TracedMDP(
+        mdp.K, mdp.H, jnp.asarray(mdp.beta, jnp.float64), jnp.asarray(mdp.reward_range, jnp.float64),
+        mdp.target_logp, mdp.draft_logp, mdp.reward,
+    )
+
+
+def mdp_jit(fn=None, *, static_argnames=()):
+    """``jax.jit`` for functions whose first argument is a `BlockMDP`, compiled
+    once per (K, H) and argument shapes: beta and reward_range are passed as
+    traced scalars (inside, ``mdp.beta`` is an array, never a Python float)."""
+    if fn is None:
+        return partial(mdp_jit, static_argnames=static_argnames)
+    inner = jax.jit(fn, static_argnames=static_argnames)
+
+    @wraps(fn)
+    def wrapper(mdp, *args, **kwargs):
+        return inner(_traced(mdp), *args, **kwargs)
+
+    return wrapper
 
 
 def children(idx, K: int) -> jax.Array:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from specs_theory.exact import soft_values
-from specs_theory.mdp import BlockMDP, prefix_logp, sequence_logp
+from specs_theory.mdp import BlockMDP, mdp_jit, prefix_logp, sequence_logp
 
 __all__ = [
     "kl",
@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-@partial(jax.jit, static_argnames=('axis',))
+@partial(jax.jit, static_argnames=("axis",))
 def kl(p_log, q_log, axis: int = -1) -> jax.Array:
     """KL(p||q) = sum_y p(y) (log p(y) - log q(y)), from log-probabilities.
 
@@ -39,13 +39,13 @@ def kl(p_log, q_log, axis: int = -1) -> jax.Array:
     return jnp.sum(jnp.where(zero_p, 0.0, jnp.exp(p_log) * gap), axis=axis)
 
 
-@partial(jax.jit, static_argnames=('axis',))
+@partial(jax.jit, static_argnames=("axis",))
 def tv(p_log, q_log, axis: int = -1) -> jax.Array:
     """TV(p, q) = 1/2 sum_y |p(y) - q(y)|, from log-probabilities."""
     return 0.5 * jnp.sum(jnp.abs(jnp.exp(p_log) - jnp.exp(q_log)), axis=axis)
 
 
-@partial(jax.jit, static_argnames=('axis',))
+@partial(jax.jit, static_argnames=("axis",))
 def chi2(p_log, q_log, axis: int = -1) -> jax.Array:
     """chi2(p||q) = sum_y (p(y) - q(y))^2 / q(y)  (= sum p^2/q - 1 for laws).
 
@@ -61,7 +61,7 @@ def chi2(p_log, q_log, axis: int = -1) -> jax.Array:
     return jnp.sum(jnp.where(both_zero, 0.0, term), axis=axis)
 
 
-@jax.jit
+@mdp_jit
 def objective(mdp: BlockMDP, seq_logp) -> jax.Array:
     """J(pi) = E_pi[r] - beta KL(pi || pi_t,seq) for a response law given as
     (K^H,) log-probabilities (Prop 2; J(pi*) = V*(s_0))."""
@@ -71,7 +71,7 @@ def objective(mdp: BlockMDP, seq_logp) -> jax.Array:
     return jnp.sum(mass * mdp.reward) - mdp.beta * kl(seq_logp, target)
 
 
-@jax.jit
+@mdp_jit
 def objective_gap(mdp: BlockMDP, seq_logp) -> jax.Array:
     """J(pi*) - J(pi) = V*(s_0) - J(pi) (= beta KL(pi || pi*) by Prop 2)."""
     return soft_values(mdp)[0][0] - objective(mdp, seq_logp)

@@ -172,7 +172,7 @@ def test_prop_e_first_order():
 
 INSTANCES = {
     "main": dict(seed=1, K=5, H=3, beta=0.5),
-    "hard": dict(seed=1, K=4, H=3, beta=0.25, draft_noise=1.5),
+    "hard": dict(seed=5, K=5, H=3, beta=0.25, draft_noise=1.5),  # c = 188
     "sparse": dict(seed=1, K=5, H=3, beta=0.1, reward_kind="sparse"),
 }
 

@@ -63,7 +63,7 @@ def _q0(log_q, log_w):
 
 @st.composite
 def mdps(draw):
-    K, H = draw(st.sampled_from([(2, 1), (2, 3), (3, 2)]))
+    K, H = draw(st.sampled_from([(3, 3), (2, 1)]))
     beta = draw(st.sampled_from([0.1, 0.5, 2.0]))
     return random_mdp(jax.random.key(draw(st.integers(0, 2**31 - 1))), K=K, H=H, beta=beta)
 
@@ -136,9 +136,10 @@ def test_soft_value_dominates_hard_value(mdp):
 
 
 def test_tiny_beta_stays_finite_and_normalised():
-    """P1: at beta = 1e-4 and 1e-6 raw weights overflow; log space does not."""
-    for beta, tol in ((1e-4, 1e-12), (1e-6, 1e-10)):
-        m = random_mdp(jax.random.key(3), K=3, H=3, beta=beta)
+    """P1: at beta = 1e-4 and 1e-6 raw weights overflow; log space does not
+    (the grid then spans a log-weight range of ~1e4 and ~1e6, P5)."""
+    for beta, H, tol in ((1e-4, 3, 1e-12), (1e-6, 1, 1e-10)):
+        m = random_mdp(jax.random.key(3), K=3, H=H, beta=beta)
         assert np.max(np.asarray(q_values(m)[0])) / beta > 1000  # exp would overflow
         for lp in specs_policy(m, 16).logp:
             assert np.all(np.isfinite(lp) | (lp == -np.inf))
