@@ -172,7 +172,7 @@ def _plot_accuracy_latency(groups: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(g["dataset"] for g in groups))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(9 * len(datasets), 5), squeeze=False)
     methods = list(dict.fromkeys((g["source"], g["method"]) for g in groups))
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     markers = "osD^v<>pPX*h"
@@ -183,6 +183,9 @@ def _plot_accuracy_latency(groups: list[dict], path: Path) -> None:
             if not pts:
                 continue
             name = (f"[{m[0]}] " if m[0] else "") + m[1]
+            swept_keys = list(dict.fromkeys(k for g in pts for k in g["swept"]))
+            if swept_keys:
+                name += f" (point label: {', '.join(swept_keys)})"
             ax.errorbar(
                 [g["latency_mean"] for g in pts], [g["accuracy"] for g in pts],
                 xerr=[g["latency_std"] or 0.0 for g in pts], yerr=[g["accuracy_std"] or 0.0 for g in pts],
@@ -190,7 +193,7 @@ def _plot_accuracy_latency(groups: list[dict], path: Path) -> None:
             )
             for g in pts:
                 if g["swept"]:
-                    ax.annotate(", ".join(f"{k}={v}" for k, v in g["swept"].items()),
+                    ax.annotate(", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in g["swept"].values()),
                                 (g["latency_mean"], g["accuracy"]), textcoords="offset points", xytext=(4, 4),
                                 fontsize=7, color=colors[m])
         front = pareto_front([(g["latency_mean"], g["accuracy"]) for g in gs])
@@ -203,7 +206,7 @@ def _plot_accuracy_latency(groups: list[dict], path: Path) -> None:
         ax.set_ylabel(_y_label(dataset))
         ax.set_title(f"{dataset}: accuracy vs latency (error bars: sd over seeds)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -237,9 +240,10 @@ def _plot_breakdown(groups: list[dict], path: Path) -> None:
 
 def _plot_deferrals(groups: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     datasets = list(dict.fromkeys(g["dataset"] for g in groups))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(8.5 * len(datasets), 4.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         gs = [g for g in groups if g["dataset"] == dataset and g["strategy"] in ("specs", "rsd")
               and g["deferral_by_step"]]
@@ -248,13 +252,14 @@ def _plot_deferrals(groups: list[dict], path: Path) -> None:
             ax.plot(steps, g["deferral_by_step"], marker="o", ms=4, label=_label(g))
         if not gs:
             ax.text(0.5, 0.5, "no SPECS or RSD records", ha="center", va="center", transform=ax.transAxes)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step index (1 = first reasoning step)")
         ax.set_ylabel("deferral rate (fraction of problems reaching the step)")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{dataset}: deferral to the target by step")
         ax.grid(alpha=0.3)
         if gs:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
