@@ -219,6 +219,70 @@ def test_closed_port_retries_then_names_the_server(tiny):
         OpenAIServerRewardModel(url, tokenizer_path=tiny["prm"], max_retries=3, backoff=0.0)  # asks /v1/models
 
 
+class _FakeServer:
+    """A local HTTP server answering from a script of (status, body) pairs; records requests."""
+
+    def __init__(self, script):
+        import http.server
+        import json
+
+        fake = self
+        self.script, self.seen = list(script), []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                fake.seen.append((self.command, self.path, self.headers.get("Authorization")))
+                status, body = fake.script.pop(0) if len(fake.script) > 1 else fake.script[0]
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_retries_on_5xx_then_recovers_or_names_the_server(tiny, monkeypatch):
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    models = {"data": [{"id": "m", "max_model_len": 64}]}
+    fake = _FakeServer([(503, {"error": {"message": "overloaded"}}), (200, models)])
+    try:  # one 503, then the answer: the retry recovers; the API key is sent
+        prm = OpenAIServerRewardModel(fake.url, tokenizer_path=tiny["prm"], max_retries=2, backoff=0.01,
+                                      api_key="secret")
+        assert prm.model == "m" and prm.max_length == 64
+        assert [s[:2] for s in fake.seen[:2]] == [("GET", "/v1/models")] * 2
+        assert {s[2] for s in fake.seen} == {"Bearer secret"}
+    finally:
+        fake.close()
+    fake = _FakeServer([(500, {"error": {"message": "engine dead"}})])
+    try:
+        lm = OpenAIServerLanguageModel(fake.url, model="m", tokenizer_path=tiny["target"], role="target",
+                                       max_length=64, max_retries=2, backoff=0.01)
+        with pytest.raises(BackendError, match=f"target server {fake.url} .*kept failing after 3 tries: "
+                                               "HTTP 500 from /v1/completions: engine dead"):
+            lm.generate([State("q")], 1, stop=[], max_tokens=4, temperature=1.0, seed=0)
+        assert len(fake.seen) == 3 and fake.seen[0][2] is None
+    finally:
+        fake.close()
+    fake = _FakeServer([(200, "<html>not json</html>")])
+    try:
+        with pytest.raises(BackendError, match="non-JSON"):
+            OpenAIServerLanguageModel(fake.url, tokenizer_path=tiny["target"])
+    finally:
+        fake.close()
+
+
 def test_bad_arguments(tiny):
     from transformers import AutoTokenizer
 

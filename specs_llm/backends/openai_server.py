@@ -99,6 +99,7 @@ class _Server:
         max_retries: int,
         backoff: float,
         max_backoff: float,
+        api_key: str | None = None,
     ):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
@@ -113,6 +114,7 @@ class _Server:
         self.max_retries = int(max_retries)
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
@@ -121,6 +123,7 @@ class _Server:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            session.headers.update(self._headers)
             self._local.session = session
             with self._lock:
                 self._sessions.append(session)
@@ -215,6 +218,7 @@ class _RemoteModel:
         max_retries,
         backoff,
         max_backoff,
+        api_key,
     ):
         self.role = role
         self.model = model
@@ -227,6 +231,7 @@ class _RemoteModel:
             max_retries=max_retries,
             backoff=backoff,
             max_backoff=max_backoff,
+            api_key=api_key if api_key is not None else os.environ.get("VLLM_API_KEY"),
         )
         self.base_url = self.server.url
         if max_batch_size < 1 or max_concurrency < 1:
@@ -343,6 +348,8 @@ class OpenAIServerLanguageModel(_RemoteModel):
       timeout: seconds to wait for an answer (read timeout); connect_timeout:
         seconds to connect.
       max_retries, backoff, max_backoff: retry policy (module doc).
+      api_key: sent as ``Authorization: Bearer`` (servers started with
+        ``--api-key``); default: the ``VLLM_API_KEY`` environment variable, if set.
 
     Generation, scoring and units are as `LanguageModel` says; the endpoints
     and parameters are in the module doc.
@@ -366,6 +373,7 @@ class OpenAIServerLanguageModel(_RemoteModel):
         max_retries: int = 3,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
+        api_key: str | None = None,
     ):
         self.step_delimiter = step_delimiter
         super().__init__(
@@ -383,6 +391,7 @@ class OpenAIServerLanguageModel(_RemoteModel):
             max_retries=max_retries,
             backoff=backoff,
             max_backoff=max_backoff,
+            api_key=api_key,
         )
 
     def __repr__(self) -> str:
@@ -527,7 +536,7 @@ class OpenAIServerRewardModel(_RemoteModel):
     Args:
       base_url, model, tokenizer, tokenizer_path, name, role, max_length,
         max_batch_size, max_concurrency, timeout, connect_timeout,
-        max_retries, backoff, max_backoff: as `OpenAIServerLanguageModel`
+        max_retries, backoff, max_backoff, api_key: as `OpenAIServerLanguageModel`
         (``max_batch_size``: PRM inputs per request).
       convention, step_delimiter, step_tag, system: as `HFRewardModel`
         (the PRM input is `common.prm_input`).
@@ -554,6 +563,7 @@ class OpenAIServerRewardModel(_RemoteModel):
         max_retries: int = 3,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
+        api_key: str | None = None,
     ):
         if convention not in PRM_CONVENTIONS:
             raise ValueError(f"convention must be one of {PRM_CONVENTIONS}, got {convention!r}")
@@ -575,6 +585,7 @@ class OpenAIServerRewardModel(_RemoteModel):
             max_retries=max_retries,
             backoff=backoff,
             max_backoff=max_backoff,
+            api_key=api_key,
         )
         self.step_tag_id = _step_tag_id(self.tokenizer, step_tag, self.name) if convention == "step_tag" else None
 
