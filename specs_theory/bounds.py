@@ -307,7 +307,8 @@ def threshold_limit_policy(mdp: BlockMDP, threshold, *, target_mode="soft", scor
 
 @mdp_jit(static_argnames=("score",))
 def threshold_bound(mdp: BlockMDP, threshold, n, *, score="q") -> jax.Array:
-    """Soft-mode bound KL(pi*_tau,seq || p_{tau,n,seq}) <= sum_h E_{s ~ pi*_tau} log(1 + chi2_tau(s)/n),
+    """Soft-mode bound (THEORY.md 3.5):
+        KL(pi*_tau,seq || p_{tau,n,seq}) <= sum_h E_{s ~ pi*_tau} log(1 + chi2_tau(s)/n),
     chi2_tau = chi2(pi*_tau || pi_d) where a(s) > 0, chi2(pi* || pi_t) where a(s) = 0."""
     _check_mode("soft", score)
     lstar = optimal_policy(mdp)
@@ -321,18 +322,34 @@ def threshold_bound(mdp: BlockMDP, threshold, n, *, score="q") -> jax.Array:
     return jnp.sum(_expect(prefix_logp(limit), per_state))
 
 
-@mdp_jit(static_argnames=("score",))
-def threshold_kl_slope(mdp: BlockMDP, threshold, *, score="q") -> jax.Array:
-    """Predicted d/dn KL(pi*_seq || p_{tau,n,seq}) as n -> inf (soft target mode):
-        sum_h E_{s ~ pi*}[ pi*(P_tau^c | s) * (-log(1 - a(s))) ] over states with 0 < a < 1.
-    (In greedy mode non-argmax failing blocks decay faster still; not covered.)"""
-    _check_mode("soft", score)
+@mdp_jit(static_argnames=("target_mode", "score"))
+def threshold_kl_slope(mdp: BlockMDP, threshold, *, target_mode="soft", score="q") -> jax.Array:
+    """Predicted slope d/dn KL(pi*_seq || p_{tau,n,seq}) as n -> inf.
+
+    Soft target mode (THEORY.md 3.5): failing blocks keep only the mass
+    (1 - a)^n T_n with T_n -> pi*, so
+        slope = sum_h E_{s ~ pi*}[ pi*(P_tau^c | s) * (-log(1 - a(s))) ]  over 0 < a(s) < 1.
+    Greedy target mode: T_n = BoN_n[pi_t, g] also decays on non-argmax blocks,
+    BoN_n(y) ~ (1 - G(y))^n with G(y) = pi_t({g > g(y)} | s), so
+        slope = sum_h E_{s ~ pi*}[ sum_{y not in P_tau} pi*(y|s) (-log(1 - a(s)) - log(1 - G(y))) ]
+    over states with a(s) < 1 (always-defer states included).
+    """
+    _check_mode(target_mode, score)
     lstar = optimal_policy(mdp)
     per_state = []
-    for h, (passing, log_fail, _) in enumerate(_passing(mdp, threshold, score, lstar)):
-        inside = jnp.any(passing, axis=-1) & (log_fail > -jnp.inf)  # 0 < a < 1
-        miss = jnp.sum(jnp.where(passing, 0.0, jnp.exp(lstar[h])), axis=-1)  # pi*(P^c|s)
-        per_state.append(jnp.where(inside, miss * -log_fail, 0.0))
+    for h, (passing, log_fail, g) in enumerate(_passing(mdp, threshold, score, lstar)):
+        some = jnp.any(passing, axis=-1)
+        pstar = jnp.exp(lstar[h])
+        if target_mode == "soft":
+            inside = some & (log_fail > -jnp.inf)  # 0 < a < 1
+            miss = jnp.sum(jnp.where(passing, 0.0, pstar), axis=-1)  # pi*(P^c|s)
+            per_state.append(jnp.where(inside, miss * -log_fail, 0.0))
+        else:
+            lt = mdp.target_logp[h]
+            above = g[..., None, :] > g[..., :, None]  # [s, y, y']: g(y') > g(y)
+            log_g = logsumexp(jnp.where(above, lt[..., None, :], -jnp.inf), axis=-1)
+            rate = jnp.where(some, -log_fail, 0.0)[:, None] - jnp.log1p(-jnp.exp(log_g))
+            per_state.append(jnp.sum(jnp.where(passing, 0.0, pstar * rate), axis=-1))
     return jnp.sum(_expect(prefix_logp(lstar), per_state))
 
 

@@ -211,6 +211,11 @@ def sir_logprobs(log_q, log_w, n, *, step: float = 0.1, num_nodes: int | None = 
     n = _check_n(n)
     lq, lw, lo, hi = _sir_setup(log_q, log_w, n, shape)
     if num_nodes is None:
+        if isinstance(hi, jax.core.Tracer):
+            raise ValueError(
+                "sir_law under jit needs a static num_nodes (the default grid size is "
+                "read from the data: it spans the whole log-weight range, P5)"
+            )
         # P5: the grid spans each row's whole log-weight range at spacing <= step;
         # one node count for the batch, rounded up to limit recompilation.
         span = float(np.max(np.asarray(hi - lo)))
@@ -436,8 +441,8 @@ def specs_policy(
     ``threshold=None`` means no threshold: every draft may pass, so under A1
     it never defers (rho_def = 0).  Zero probabilities (no A1) are allowed: a
     draft with zero weight (pi_t = 0) never passes, and "defer" means no draft
-    in P_tau and {w > 0}, with or without a threshold.  Evaluated for all states of all depths in one
-    batched Theorem A call.
+    in P_tau and {w > 0}, with or without a threshold.  Evaluated for all
+    states of all depths in one batched Theorem A call (two with deferral).
     """
     if target_mode not in ("soft", "greedy"):
         raise ValueError(f"target_mode must be 'soft' or 'greedy', got {target_mode!r}")

@@ -162,7 +162,8 @@ class BlockMDP:
         if r.shape != (K**H,):
             raise ValueError(f"reward must have shape (K**H,) = {(K**H,)}, got {r.shape}")
         if not np.all(np.isfinite(r)):
-            raise ValueError(f"reward must be finite; entry {int(np.argmax(~np.isfinite(r)))} is not")
+            bad = int(np.argmax(~np.isfinite(r)))
+            raise ValueError(f"reward must be finite; entry {bad} is not")
         if reward_range is None:
             R = float(r.max()) if r.max() > 0 else 1.0
         else:
@@ -172,7 +173,9 @@ class BlockMDP:
         out = (r < 0) | (r > R)
         if out.any():
             i = int(np.argmax(out))
-            raise ValueError(f"reward must lie in [0, reward_range={R}]; reward[{i}] = {float(r[i])!r}")
+            raise ValueError(
+                f"reward must lie in [0, reward_range={R}]; reward[{i}] = {float(r[i])!r}"
+            )
         return cls(K, H, beta_f, R, tables["target_probs"], tables["draft_probs"], jnp.asarray(r))
 
 
@@ -205,10 +208,9 @@ class _TracedMDP:
 def _traced(mdp):
     if isinstance(mdp, _TracedMDP):
         return mdp
-    return _TracedMDP(
-        mdp.K, mdp.H, jnp.asarray(mdp.beta, jnp.float64), jnp.asarray(mdp.reward_range, jnp.float64),
-        mdp.target_logp, mdp.draft_logp, mdp.reward,
-    )
+    beta = jnp.asarray(mdp.beta, jnp.float64)
+    R = jnp.asarray(mdp.reward_range, jnp.float64)
+    return _TracedMDP(mdp.K, mdp.H, beta, R, mdp.target_logp, mdp.draft_logp, mdp.reward)
 
 
 def mdp_jit(fn=None, *, static_argnames=()):

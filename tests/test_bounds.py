@@ -331,6 +331,14 @@ def test_threshold_bound_and_slopes(threshold_case):
         assert slope > 0.01
         assert (fwd[64] - fwd[32]) / 32 == pytest.approx(slope, abs=2e-3)
         assert (fwd[2048] - fwd[1024]) / 1024 == pytest.approx(slope, rel=1e-4)
+        # greedy target mode: non-argmax failing blocks decay too, a steeper slope
+        greedy = [
+            specs_policy(m, n, threshold=tau, target_mode="greedy").logp for n in (1024, 2048)
+        ]
+        greedy = [float(kl(seq_star, sequence_logp(p))) for p in greedy]
+        slope_g = float(threshold_kl_slope(m, tau, target_mode="greedy"))
+        assert slope_g > slope
+        assert (greedy[1] - greedy[0]) / 1024 == pytest.approx(slope_g, rel=1e-4)
         rev_limit = float(threshold_reverse_kl_limit(m, tau))
         assert rev_limit == pytest.approx(float(kl(limit, seq_star)), abs=1e-12)
         assert float(kl(seq_n, seq_star)) == pytest.approx(rev_limit, rel=1e-2)

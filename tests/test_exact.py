@@ -259,6 +259,8 @@ def test_sir_batching_zero_weights_and_jit():
     # a fixed node count makes it jit-compatible (n traced)
     jitted = jax.jit(lambda q, w, n: sir_law(q, w, n, num_nodes=1024))
     np.testing.assert_allclose(jitted(log_q, log_w, 7.0), out, atol=EXACT)
+    with pytest.raises(ValueError, match="static num_nodes"):
+        jax.jit(lambda q, w: sir_law(q, w, 3))(log_q, log_w)
     np.testing.assert_allclose(
         jnp.exp(sir_logprobs(log_q, log_w, 7)), out, atol=1e-15
     )
