@@ -75,12 +75,14 @@ def run_experiments(mdp, *, quick: bool, seed: int, only=None, log=_log):
         yield name, records, facts
 
 
-def run_converge(out_dir="out/converge", *, quick: bool = False, seed: int = 0) -> dict:
-    """Run E1-E10 on the default instance (THEORY.md section 8) and write results."""
+def run_converge(out_dir="out/converge", *, quick: bool = False, seed: int = 0, instance: dict | None = None) -> dict:
+    """Run E1-E10 on the default instance (THEORY.md section 8; ``instance``
+    overrides its K, H, beta, draft_noise, reward_kind) and write results."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    instance = dict(E.DEFAULT_INSTANCE, seed=seed)
-    mdp = E.default_mdp(seed)
+    overrides = dict(instance or {})
+    instance = dict(E.DEFAULT_INSTANCE, **overrides, seed=seed)
+    mdp = E.default_mdp(seed, **overrides)
     _log(f"specs theory converge: instance {instance}, {'quick' if quick else 'full'} run -> {out}")
     t0 = time.perf_counter()
     result = {}

@@ -225,3 +225,36 @@ else:
         for step in vllm_draft.generate(STATES[:1], 2, stop=[], max_tokens=1000, temperature=1.0, seed=0)[0]:
             assert step.num_generated <= MAX_LEN - n_prompt
             assert step.finish_reason in ("length", "eos") and math.isfinite(step.logprob)
+
+    # -- the search loop on vLLM ------------------------------------------------
+
+    SEARCHES = [
+        dict(strategy="specs", n=4, k=1, threshold=7.0),
+        dict(strategy="specs", n=4, k=2, threshold=None, first_step="draft", length_normalize=True),
+        dict(strategy="beam", generator="target", n=4, k=2),
+        dict(strategy="beam", generator="draft", n=4, k=1),
+        dict(strategy="bon", n=4, aggregation="vote"),
+        dict(strategy="rsd", n=1, threshold=0.5),
+    ]
+
+    @pytest.mark.parametrize("cfg", SEARCHES, ids=[f"{c['strategy']}-{i}" for i, c in enumerate(SEARCHES)])
+    def test_search_completes_and_reproduces(vllm_draft, vllm_target, vllm_prm, cfg):
+        from specs_llm.config import SearchConfig
+        from specs_llm.search import Models, run_search
+        from specs_llm.timing import Ledger
+
+        models = Models(vllm_draft, vllm_target, vllm_prm)
+        config = SearchConfig(max_steps=3, max_step_tokens=16, sampling_temperature=1.0, seed=3, **cfg)
+        questions = ["What is 1+1?", "Solve x + 2 = 5."]
+        ledger = Ledger()
+        first = run_search(questions, models, config, ledger=ledger)
+        again = run_search(questions, models, config)
+        for a, b in zip(first, again):
+            assert a.error is None, a.error
+            assert a.text is not None and a.steps
+            assert all(s.source in ("draft", "target") for s in a.steps)
+            assert a.to_dict()["steps"] == b.to_dict()["steps"]
+        by_model = ledger.summary()["by_model"]
+        assert by_model["prm"]["calls"] > 0
+        if cfg.get("generator") == "draft":
+            assert "target" not in by_model

@@ -36,11 +36,19 @@ global RNGs of that process (see tests/test_backends_vllm.py).
 from __future__ import annotations
 
 import os
+import threading
 from typing import Sequence
 
 import vllm
 
 from .base import BackendError, State, Step
+
+# One engine call at a time per process. The search loop scores with the
+# target and the PRM in parallel threads; two in-process vLLM engines driven
+# from two threads crashed (SIGFPE) on CPU, and one process's engines share
+# its devices anyway. Parallel models belong in separate servers
+# (`openai_server`), where calls do overlap.
+_ENGINE_LOCK = threading.Lock()
 from .common import (
     PRM_CONVENTIONS,
     chat_prompt,
@@ -140,7 +148,8 @@ class VLLMLanguageModel:
             )
             for i, prompt in enumerate(prompts)
         ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        with _ENGINE_LOCK:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
         result = []
         for out in outputs:
             steps = []
@@ -169,7 +178,10 @@ class VLLMLanguageModel:
         if not todo:
             return result
         params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outputs = self.llm.generate([{"prompt_token_ids": pairs[k][0] + pairs[k][1]} for k in todo], params, use_tqdm=False)
+        with _ENGINE_LOCK:
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": pairs[k][0] + pairs[k][1]} for k in todo], params, use_tqdm=False
+            )
         for k, out in zip(todo, outputs):
             p, c = pairs[k]
             lps = out.prompt_logprobs
@@ -240,12 +252,13 @@ class VLLMRewardModel:
         todo = [k for k, (_, pos) in enumerate(inputs) if pos]
         if not todo:
             return result
-        outputs = self.llm.encode(
-            [{"prompt_token_ids": inputs[k][0]} for k in todo],
-            vllm.PoolingParams(use_activation=False),
-            pooling_task="token_classify",
-            use_tqdm=False,
-        )
+        with _ENGINE_LOCK:
+            outputs = self.llm.encode(
+                [{"prompt_token_ids": inputs[k][0]} for k in todo],
+                vllm.PoolingParams(use_activation=False),
+                pooling_task="token_classify",
+                use_tqdm=False,
+            )
         for k, out in zip(todo, outputs):
             ids, positions = inputs[k]
             data = out.outputs.data
