@@ -9,7 +9,6 @@ probabilities of pi* (or of the policy named).  Everything is float64.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
