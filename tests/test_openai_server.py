@@ -233,6 +233,9 @@ class _FakeServer:
             def _answer(self):
                 fake.seen.append((self.command, self.path, self.headers.get("Authorization")))
                 status, body = fake.script.pop(0) if len(fake.script) > 1 else fake.script[0]
+                if status is None:  # no answer for a while
+                    time.sleep(body)
+                    status, body = 200, {}
                 data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(data)))
@@ -253,7 +256,7 @@ class _FakeServer:
         self.httpd.server_close()
 
 
-def test_retries_on_5xx_then_recovers_or_names_the_server(tiny, monkeypatch):
+def test_retries_on_5xx_not_on_timeouts(tiny, monkeypatch):
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
     models = {"data": [{"id": "m", "max_model_len": 64}]}
     fake = _FakeServer([(503, {"error": {"message": "overloaded"}}), (200, models)])
@@ -273,6 +276,16 @@ def test_retries_on_5xx_then_recovers_or_names_the_server(tiny, monkeypatch):
                                                "HTTP 500 from /v1/completions: engine dead"):
             lm.generate([State("q")], 1, stop=[], max_tokens=4, temperature=1.0, seed=0)
         assert len(fake.seen) == 3 and fake.seen[0][2] is None
+    finally:
+        fake.close()
+    fake = _FakeServer([(None, 1.0)])
+    try:  # connected but no answer in time: not retried (it would wait as long again)
+        lm = OpenAIServerLanguageModel(fake.url, model="m", tokenizer_path=tiny["target"], role="target",
+                                       max_length=64, max_retries=3, backoff=0.01, timeout=0.3)
+        with pytest.raises(BackendError, match=f"target server {fake.url} .*did not answer POST /v1/completions "
+                                               "within 0.3 s"):
+            lm.generate([State("q")], 1, stop=[], max_tokens=4, temperature=1.0, seed=0)
+        assert len(fake.seen) == 1
     finally:
         fake.close()
     fake = _FakeServer([(200, "<html>not json</html>")])

@@ -35,12 +35,13 @@ Finish reasons map as in the in-process vLLM backend: ``"length"`` ->
 ``"stop"`` with no ``stop_reason`` (EOS) or a stop token id -> "eos";
 anything else (``"abort"``, ``"error"``) is a `BackendError`.
 
-Failures. Connection errors, timeouts, HTTP 429 and 5xx are retried
-``max_retries`` times with exponential backoff (``backoff * 2**attempt``
-seconds, at most ``max_backoff``); then a `BackendError` names the role, the
-server URL, the model and the last error, e.g. ``"draft server
-http://127.0.0.1:8001 (model m) is down after 4 tries: ConnectionError:
-..."``. Other HTTP errors (a bad request, an unknown model) raise at once.
+Failures. Connection errors (refused, reset, connect timeouts) and HTTP
+429/500/502/503/504 are retried ``max_retries`` times with exponential
+backoff (``backoff * 2**attempt`` seconds, at most ``max_backoff``); then a
+`BackendError` names the role, the server URL, the model and the last error,
+e.g. ``"draft server http://127.0.0.1:8001 (model m) is down after 4 tries:
+ConnectionError: ..."``. No answer within ``timeout`` seconds, and other
+HTTP errors (a bad request, an unknown model), raise at once.
 """
 
 from __future__ import annotations
@@ -145,8 +146,11 @@ class _Server:
                 time.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
             try:
                 resp = self._session().request(method, self.url + path, json=payload, timeout=self.timeout)
+            except requests.ReadTimeout:
+                # connected, but no answer in time: a stuck or overloaded server; asking again would wait as long
+                raise BackendError(f"{self.describe()} did not answer {method} {path} within {self.timeout[1]:g} s")
             except (requests.ConnectionError, requests.Timeout) as exc:
-                last, down = f"{type(exc).__name__}: {_short(exc)}", not isinstance(exc, requests.ReadTimeout)
+                last, down = f"{type(exc).__name__}: {_short(exc)}", True
                 continue
             if resp.status_code in _RETRY_STATUS:
                 last, down = f"HTTP {resp.status_code} from {path}: {_error_text(resp)}", False
