@@ -431,8 +431,9 @@ def run_search(
     """Run ``config.strategy`` on every question, all problems batched together.
 
     Returns one `SearchResult` per question, in order. A failed model call
-    ends the problems of that call with ``error`` set (never a silent wrong
-    answer); ``ledger`` (optional) receives every timed call.
+    ends every problem still active in that step with ``error`` set (never a
+    silent wrong answer; a resumable runner retries them); ``ledger``
+    (optional) receives every timed call.
     """
     from .aggregate import choose_answer
 
