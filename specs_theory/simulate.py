@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 # Runs vmapped together; bounds memory at about this many candidates per chunk.
-_CANDIDATES_PER_CHUNK = 1 << 22
+_CANDIDATES_PER_CHUNK = 1 << 18
 
 
 # --------------------------------------------------------------------------
@@ -126,12 +126,13 @@ class SMCInfo(NamedTuple):
 
 
 class _Tables(NamedTuple):
-    """Stacked per-state tables, each (sum_h K**h, K)."""
+    """Per-state tables. The state with prefix index i at depth h is row
+    ``offset_h + i`` of the (sum_h K**h, K) CDFs and has the flat index
+    ``(offset_h + i) * K + y`` into the (sum_h K**h * K,) per-(s, y) tables."""
 
-    target_logp: jax.Array
-    draft_logp: jax.Array
     target_cdf: jax.Array  # cumulative probabilities along y, for `_draw`
     draft_cdf: jax.Array
+    log_weight: jax.Array  # log pi_t/pi_d + A*/beta (select.candidate_scores)
     advantage: jax.Array  # A*(s, y), the idealised PRM
     q_value: jax.Array  # Q*(s, y) = V*(s.y)
 
@@ -145,16 +146,24 @@ def _cdf(logp) -> jax.Array:
 
 
 def _tables(mdp) -> _Tables:
-    """Lookup tables of an MDP (traceable: called inside jit)."""
+    """Lookup tables of an MDP (traceable: called inside jit).
+
+    The SPECS score (= SMC log G) is elementwise in (s, y), so
+    `select.candidate_scores` is evaluated once on the whole table and each
+    candidate looks its score up, instead of three lookups and a score per
+    candidate."""
     values = exact.soft_values(mdp)
     target, draft = _stack(mdp.target_logp), _stack(mdp.draft_logp)
+    advantage = _stack(exact.advantages(mdp, values))
+    log_weight = select.candidate_scores(
+        target, draft, advantage, ratio_weight=1.0, reward_weight=1.0 / mdp.beta
+    )
     return _Tables(
-        target,
-        draft,
         _cdf(target),
         _cdf(draft),
-        _stack(exact.advantages(mdp, values)),
-        _stack(exact.q_values(mdp, values)),
+        log_weight.ravel(),
+        advantage.ravel(),
+        _stack(exact.q_values(mdp, values)).ravel(),
     )
 
 
@@ -275,29 +284,25 @@ def _specs_run(key, mdp, tables, threshold, temperature, *, n, k, use_threshold,
 
         # Draft phase: k*m candidates from pi_d, soft verification.
         y_d = _draw(u[0], tables.draft_cdf, rows)
-        adv_d = tables.advantage[rows, y_d]
-        gate_d = tables.q_value[rows, y_d] if score == "q" else adv_d
-        scores = select.candidate_scores(
-            tables.target_logp[rows, y_d],
-            tables.draft_logp[rows, y_d],
-            adv_d,
-            ratio_weight=1.0,
-            reward_weight=inv_beta,
-        )
+        cell_d = rows * K + y_d  # flat (s, y) index
+        scores = tables.log_weight[cell_d]  # select.candidate_scores, see _tables
+        gate_d = None
+        if use_threshold:
+            gate_d = (tables.q_value if score == "q" else tables.advantage)[cell_d]
         step = select.select_step(
             k_select, scores, k, temperature=temperature, threshold=thr, replace=replace, gate=gate_d
         )
         if can_defer:
             # Deferral: as many candidates from pi_t, kept by the PRM alone.
             y_t = _draw(u[1], tables.target_cdf, rows)
-            adv_t = tables.advantage[rows, y_t]
+            cell_t = rows * K + y_t
             if target_mode == "soft":
                 kept_t = select.select_target(
-                    k_defer, adv_t, k, mode="soft", temperature=temperature,
+                    k_defer, tables.advantage[cell_t], k, mode="soft", temperature=temperature,
                     reward_weight=inv_beta, replace=replace,
                 )
             else:
-                gate_t = tables.q_value[rows, y_t] if score == "q" else adv_t
+                gate_t = (tables.q_value if score == "q" else tables.advantage)[cell_t]
                 kept_t = _keep_best(k_defer, gate_t, k)  # = select_target(mode="greedy")
             kept = jnp.where(step.deferred, kept_t, step.indices)
             y = jnp.where(step.deferred, y_t, y_d)
@@ -428,7 +433,7 @@ def _beam_run(key, mdp, cdf, q_value, *, n, k):
         (k_draw, k_keep), offset = inputs
         parent = jnp.repeat(beams, m)
         y = _draw(_uniforms(k_draw, parent.shape), cdf, offset + parent)
-        kept = _keep_best(k_keep, q_value[offset + parent, y], k)  # best first
+        kept = _keep_best(k_keep, q_value[(offset + parent) * mdp.K + y], k)  # best first
         return parent[kept] * mdp.K + y[kept], None
 
     inputs, _ = _block_inputs(key, mdp.K, mdp.H, 2)
@@ -439,7 +444,7 @@ def _beam_run(key, mdp, cdf, q_value, *, n, k):
 
 @partial(jax.jit, static_argnames=("n", "k", "num_runs", "batch_size", "generator"))
 def _beam(key, mdp, *, n, k, num_runs, batch_size, generator):
-    q_value = _stack(exact.q_values(mdp))
+    q_value = _stack(exact.q_values(mdp)).ravel()
     run = partial(_beam_run, mdp=mdp, cdf=_generator_cdf(mdp, generator), q_value=q_value,
                   n=n, k=k)
     return _map_runs(run, key, num_runs, batch_size)
@@ -508,7 +513,7 @@ def _ess(log_weights):
 
 def _smc_run(key, mdp, tables, ess_threshold, *, N, resampling):
     resampler = resample.get_resampler(resampling)
-    K, H, inv_beta = mdp.K, mdp.H, 1.0 / mdp.beta
+    K, H = mdp.K, mdp.H
 
     def block(carry, inputs):
         particles, log_w, log_Z = carry  # log_w: log-weights carried since the last resampling
@@ -516,13 +521,7 @@ def _smc_run(key, mdp, tables, ess_threshold, *, N, resampling):
         rows = offset + particles
         y = _draw(_uniforms(k_draw, (N,)), tables.draft_cdf, rows)
         # Exponentiated score G = pi_t/pi_d * exp(A*/beta), in log space.
-        log_G = select.candidate_scores(
-            tables.target_logp[rows, y],
-            tables.draft_logp[rows, y],
-            tables.advantage[rows, y],
-            ratio_weight=1.0,
-            reward_weight=inv_beta,
-        )
+        log_G = tables.log_weight[rows * K + y]  # select.candidate_scores, see _tables
         # Zhat *= sum_i Wbar_i G_i, Wbar the normalised carried weights.
         log_Z = log_Z + jax.nn.logsumexp(log_w - jax.nn.logsumexp(log_w) + log_G)
         particles = particles * K + y
