@@ -428,7 +428,7 @@ class OpenAIServerLanguageModel(_RemoteModel):
                 cap = min(max_tokens, limit - len(ids))
             jobs.append((ids, cap, derive_seed(seed, i)))
 
-        def one(job) -> list[Step]:
+        def one(job) -> list[dict]:
             ids, cap, state_seed = job
             body = {
                 "model": self.model,
@@ -447,9 +447,10 @@ class OpenAIServerLanguageModel(_RemoteModel):
             choices = self.server.request("POST", "/v1/completions", body).get("choices", [])
             if len(choices) != n:
                 raise BackendError(f"{self._describe()}: asked for {n} samples, got {len(choices)}")
-            return [self._step(c) for c in sorted(choices, key=lambda c: c.get("index", 0))]
+            return sorted(choices, key=lambda c: c.get("index", 0))
 
-        return self._map(one, jobs)
+        # Steps are cut here, not in the request threads: the tokenizer is used from one thread.
+        return [[self._step(c) for c in choices] for choices in self._map(one, jobs)]
 
     def _step(self, choice: dict) -> Step:
         finish = _finish_reason(choice, self._describe())
