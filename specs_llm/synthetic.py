@@ -152,8 +152,8 @@ def _methods(grid: dict, beta: float, q_quantile) -> list[tuple[str, dict, Searc
 
 
 GRIDS = {
-    "full": {"beam_n": (1, 2, 4, 8, 16), "specs_n": (4, 8, 16), "specs_threshold": (5.0, 6.0, 7.0, 8.0, 9.0),
-             "ideal_n": (4, 16), "ideal_quantile": (None, 0.75, 0.9), "rsd_n": (1,),
+    "full": {"beam_n": (1, 2, 4, 8, 16), "specs_n": (2, 4, 8, 16), "specs_threshold": (6.0, 7.0, 8.0, 9.0),
+             "ideal_n": (4,), "ideal_quantile": (None, 0.75, 0.9), "rsd_n": (1,),
              "rsd_quantile": (0.25, 0.5, 0.75, 0.9)},
     "quick": {"beam_n": (1, 4), "specs_n": (4,), "specs_threshold": (6.0, 8.0), "ideal_n": (4,),
               "ideal_quantile": (None,), "rsd_n": (1,), "rsd_quantile": (0.5,)},
@@ -168,11 +168,19 @@ def _exact(mdp, method: str, config: SearchConfig):
         pol = exact.specs_policy(mdp, config.n, threshold=config.threshold, target_mode="greedy", score="q")
         seq = exact.sequence_logprobs(mdp, pol.logp)
     elif method in ("target beam search", "draft beam search"):
-        seq = exact.sequence_logprobs(mdp, exact.beam_policy(mdp, config.n, generator=config.generator))
+        # exact.beam_policy, depth by depth: BoN_n[pi_gen(.|s), Q*(s,.)]. (Called per depth because the
+        # whole-MDP jitted exact.beam_policy returned NaN rows on K=6, H=5 when this was written.)
+        gen = mdp.target_logp if config.generator == "target" else mdp.draft_logp
+        Q = exact.q_values(mdp)
+        policy = tuple(exact.best_of_n_logprobs(gen[h], Q[h], config.n) for h in range(mdp.H))
+        seq = exact.sequence_logprobs(mdp, policy)
     else:
         return None, None
     p = np.exp(np.asarray(seq))
-    return float(p @ np.asarray(mdp.reward)), float(metrics.objective(mdp, seq))
+    mean, J = float(p @ np.asarray(mdp.reward)), float(metrics.objective(mdp, seq))
+    if not (math.isfinite(mean) and math.isfinite(J)):
+        raise FloatingPointError(f"the exact law of {method} (n={config.n}) is not finite")
+    return mean, J
 
 
 def _frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -402,8 +410,8 @@ def fig2b(
     LLMs, terminal reward / R on the MDP). Traces that ended within the prefix
     are dropped (counted).
 
-    ``recipe`` None: a random MDP (K=4, H=6, sparse 0/1 rewards, p=0.3; PRM
-    = Q^{pi_t}, the probability that the target completes correctly; prefix 2
+    ``recipe`` None: a random MDP (K=3, H=6, sparse 0/1 rewards, p=0.3; PRM
+    = Q^{pi_t}, the probability that the target completes correctly; prefix 4
     blocks). Otherwise the recipe's backend and first dataset (its limit, or
     ``limit``) with its first method's step delimiter, step token limit,
     sampling temperature and step limit (``max_steps``).
@@ -436,7 +444,10 @@ def fig2b(
     setup["close"]()
     scores_arr = np.array(scores, dtype=float)
     finite = np.isfinite(scores_arr)
-    edges = np.quantile(scores_arr[finite], np.linspace(0, 1, buckets + 1)) if finite.any() else np.array([0.0, 1.0])
+    # equal-count buckets; tied scores (a discrete PRM) can merge buckets, never split a tie
+    edges = np.unique(np.quantile(scores_arr[finite], np.linspace(0, 1, buckets + 1))) if finite.any() else []
+    if len(edges) < 2:
+        edges = np.array([edges[0], edges[0]]) if len(edges) else np.array([0.0, 1.0])
     which = np.clip(np.searchsorted(edges, scores_arr, side="right") - 1, 0, len(edges) - 2)
     rows = []
     for b in range(len(edges) - 1):
@@ -469,7 +480,7 @@ def _mdp_fig2b_setup(quick: bool, seed: int, limit: int | None) -> dict:
 
     from .backends.mdp import MDPLanguageModel, MDPRewardModel, parse_blocks, sequence_index
 
-    K, H, p = 4, 6, 0.3
+    K, H, p = 3, 6, 0.3
     mdp = random_mdp(jax.random.key(seed), K=K, H=H, beta=1.0, draft_noise=1.0, reward_kind="sparse", sparse_p=p)
     R = float(mdp.reward_range)
 
@@ -483,7 +494,7 @@ def _mdp_fig2b_setup(quick: bool, seed: int, limit: int | None) -> dict:
         "outcome": outcome,
         "outcome_label": "terminal reward / R (0 or 1: solved)",
         "delimiter": "\n\n", "max_tokens": 1, "temperature": 1.0, "max_steps": H,
-        "prefix_steps": 2, "samples": 10, "samples_quick": 5,
+        "prefix_steps": 4, "samples": 10, "samples_quick": 5,
         "close": lambda: None,
         "describe": {"backend": "mdp", "K": K, "H": H, "reward": f"sparse 0/1, p={p}", "draft_noise": 1.0,
                      "seed": seed, "prm": "Q^{pi_t} (probability the target completes correctly)", "problems": n},
