@@ -103,18 +103,14 @@ class SearchResult:
 # strategies: the selection functions, vectorised over problems
 
 
-class Selection(NamedTuple):
-    indices: np.ndarray  # (P, k) kept candidate indices, -1 for none
-    deferred: np.ndarray  # (P,) bool
-
-
 @dataclass(frozen=True)
 class Strategy:
     """What differs between strategies: who proposes, how candidates are kept.
 
-    ``select(keys, logp_target, logp_draft, reward, num_tokens, valid)`` is
-    jitted and vmapped over problems (rows padded with ``valid = False``) and
-    returns ``(scores (P, n), indices (P, k), deferred (P,))``.
+    ``select(keys, logp_target, logp_draft, reward, num_tokens, valid)``
+    (rows padded with ``valid = False``) returns ``(scores (P, n), indices
+    (P, k), deferred (P,))``: `candidate_scores`, then the strategy's
+    selection function from `specs_theory.select`, vmapped over problems.
     """
 
     proposer: str  # "draft" or "target"
@@ -124,68 +120,82 @@ class Strategy:
     stop: tuple[str, ...]
 
 
-def _selector(keep, *, ratio_weight, reward_weight, length_normalize):
-    """Score candidates with `candidate_scores`, then ``keep(key, scores, reward, valid)``."""
+def _keep_specs(key, s, r, valid, k, p, gate_on_reward):
+    gate = r if gate_on_reward else None
+    return S.select_step(key, s, k, temperature=p["temperature"], threshold=p["threshold"], gate=gate)
 
-    def one(key, lt, ld, r, ntok, valid):
-        s = S.candidate_scores(
-            lt, ld, r, ratio_weight=ratio_weight, reward_weight=reward_weight,
-            num_tokens=ntok if length_normalize else None,
-        )
+
+def _keep_top_k(key, s, r, valid, k, p, gate_on_reward):
+    return S.StepSelection(S.top_k(key, s, k), jnp.array(False))
+
+
+def _keep_all(key, s, r, valid, k, p, gate_on_reward):
+    return S.StepSelection(jnp.where(valid, jnp.arange(s.shape[0]), -1), jnp.array(False))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_selector(keep, k, gate_on_reward, length_normalize):
+    """jit(vmap(score, then keep)); the numeric settings ``p`` are traced, so
+    seeds, thresholds, temperatures and weights never trigger a recompile."""
+
+    def one(key, lt, ld, r, ntok, valid, p):
+        s = S.candidate_scores(lt, ld, r, ratio_weight=p["ratio_weight"], reward_weight=p["reward_weight"],
+                               num_tokens=ntok if length_normalize else None)
         s = jnp.where(valid, s, -jnp.inf)
-        sel = keep(key, s, r, valid)
+        sel = keep(key, s, r, valid, k, p, gate_on_reward)
         return s, sel.indices, sel.deferred
 
-    return jax.jit(jax.vmap(one))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None)))
 
 
-@functools.lru_cache(maxsize=64)
 def strategy_for(config: SearchConfig) -> Strategy:
-    """The `Strategy` a configuration describes (cached: its jitted selector
-    compiles once per configuration and padded shape)."""
+    """The `Strategy` a configuration describes."""
     c = config
-    stop = (c.step_delimiter,)
-    no_defer = jnp.array(False)
+    # No threshold is the threshold -inf: every valid (finite-score) draft passes.
+    threshold = -np.inf if c.threshold is None else c.threshold
     if c.strategy == "specs":
-        def keep(key, s, r, valid):
-            gate = r if c.threshold_on == "reward" else None
-            return S.select_step(key, s, c.k, temperature=c.temperature, threshold=c.threshold, gate=gate)
-
-        sel = _selector(keep, ratio_weight=c.ratio_weight, reward_weight=c.reward_weight,
-                        length_normalize=c.length_normalize)
-        return Strategy("draft", True, c.ratio_weight != 0, sel, stop)
-    if c.strategy == "rsd":
+        spec = ("draft", True, c.ratio_weight != 0, _keep_specs, c.k, c.threshold_on == "reward", c.length_normalize,
+                dict(temperature=c.temperature, threshold=threshold, ratio_weight=c.ratio_weight,
+                     reward_weight=c.reward_weight))
+    elif c.strategy == "rsd":
         # one draft step, kept iff its reward passes the threshold
-        def keep(key, s, r, valid):
-            return S.select_step(key, s, c.k, temperature=0.0, threshold=c.threshold, gate=r)
-
-        return Strategy("draft", True, False, _selector(keep, ratio_weight=0.0, reward_weight=1.0,
-                                                        length_normalize=False), stop)
-    if c.strategy == "beam":
-        def keep(key, s, r, valid):
-            return S.StepSelection(S.top_k(key, s, c.k), no_defer)
-
-        return Strategy(c.generator, False, False, _selector(keep, ratio_weight=0.0, reward_weight=1.0,
-                                                             length_normalize=False), stop)
-    if c.strategy == "bon":
+        spec = ("draft", True, False, _keep_specs, c.k, True, False,
+                dict(temperature=0.0, threshold=threshold, ratio_weight=0.0, reward_weight=1.0))
+    elif c.strategy == "beam":
+        spec = (c.generator, False, False, _keep_top_k, c.k, False, False,
+                dict(temperature=0.0, threshold=-np.inf, ratio_weight=0.0, reward_weight=1.0))
+    elif c.strategy == "bon":
         # n whole responses, all kept; the answer is chosen by `aggregation`
-        def keep(key, s, r, valid):
-            return S.StepSelection(jnp.where(valid, jnp.arange(s.shape[0]), -1), no_defer)
+        spec = (c.generator, False, False, _keep_all, c.n, False, False,
+                dict(temperature=0.0, threshold=-np.inf, ratio_weight=0.0, reward_weight=1.0))
+    else:
+        raise ValueError(f"unknown strategy {c.strategy!r}")
+    proposer, defers, uses_ratio, keep, k, gate_on_reward, length_normalize, params = spec
+    compiled = _compiled_selector(keep, k, gate_on_reward, length_normalize)
+    params = {name: jnp.asarray(v, dtype=jnp.float64) for name, v in params.items()}
+    stop = () if c.strategy == "bon" else (c.step_delimiter,)
+    return Strategy(proposer, defers, uses_ratio,
+                    lambda keys, lt, ld, r, ntok, valid: compiled(keys, lt, ld, r, ntok, valid, params), stop)
 
-        return Strategy(c.generator, False, False, _selector(keep, ratio_weight=0.0, reward_weight=1.0,
-                                                             length_normalize=False), ())
-    raise ValueError(f"unknown strategy {c.strategy!r}")
+
+@functools.lru_cache(maxsize=16)
+def _compiled_target_selector(k, mode):
+    select = jax.vmap(
+        lambda key, r, t, w: S.select_target(key, r, k, mode=mode, temperature=t, reward_weight=w),
+        in_axes=(0, 0, None, None),
+    )
+    back = jax.vmap(lambda r, t: S.should_switch_back(r, t), in_axes=(0, None))
+    return jax.jit(select), jax.jit(back)
 
 
-@functools.lru_cache(maxsize=64)
-def _target_selector(k, mode, temperature, reward_weight, switch_back_threshold):
+def _target_selector(config: SearchConfig):
     """Target candidates (after a deferral, or in target mode) are kept by
-    reward; the switch-back decision looks at the same rewards."""
-    select = jax.jit(jax.vmap(
-        lambda key, r: S.select_target(key, r, k, mode=mode, temperature=temperature, reward_weight=reward_weight)
-    ))
-    back = jax.jit(jax.vmap(lambda r: S.should_switch_back(r, switch_back_threshold)))
-    return select, back
+    reward; the switch-back decision looks at the same rewards.
+    Returns ``(select(keys, rewards), switch_back(rewards))``."""
+    select, back = _compiled_target_selector(config.k, config.target_mode)
+    t, w = jnp.float64(config.temperature), jnp.float64(config.reward_weight)
+    sb = jnp.float64(-np.inf if config.switch_back_threshold is None else config.switch_back_threshold)
+    return (lambda keys, r: select(keys, r, t, w)), (lambda r: back(r, sb))
 
 
 @jax.jit
@@ -248,9 +258,7 @@ class _Search:
         self.m, self.c, self.ledger, self.pool = models, config, ledger, pool
         self.strategy = strategy_for(config)
         c = config
-        self.target_select, self.switch_back = _target_selector(
-            c.k, c.target_mode, c.temperature, c.reward_weight, c.switch_back_threshold
-        )
+        self.target_select, self.switch_back = _target_selector(c)
         self.root_key = jax.random.key(c.seed)
 
     def model(self, role: str):
