@@ -6,14 +6,19 @@ as sequence indices in ``[0, K**H)`` (THEORY.md 1.1: ``idx = sum_j y_j
 K**(H-j)``), ``info`` a NamedTuple of per-run diagnostics. Runs are
 independent: run ``r`` uses ``jax.random.split(key, num_runs)[r]`` only, so a
 result does not depend on ``batch_size`` (runs are vmapped in chunks of
-``batch_size`` with ``jax.lax.map``). Everything is jitted with the sizes
-(``n``, ``num_runs``, ``k``, ...) static; the H blocks are a Python loop (H is
-small and static).
+``batch_size`` with ``jax.lax.map``; the default keeps a chunk near 2**18
+candidates, which is cache-friendly on CPU). Everything is jitted with the
+sizes (``n``, ``num_runs``, ``k``, ...) and the mode strings static; the
+threshold, temperature, ESS threshold and the MDP's arrays are traced (no
+recompilation when they change; a new K, H or beta, which are static in a
+`BlockMDP`, does recompile). The H blocks are one ``jax.lax.scan`` over
+per-state tables stacked across depths.
 
 Every selection, deferral and resampling decision is made by
 `specs_theory.select` and `specs_theory.resample`; this module only draws
-candidate blocks and looks up log-probabilities and the idealised PRM values
-(A*, Q* from `specs_theory.exact`, THEORY.md A2).
+candidate blocks and looks up their scores (`select.candidate_scores`,
+evaluated once per (state, block)) and the idealised PRM values (A*, Q* from
+`specs_theory.exact`, THEORY.md A2).
 
 Exact laws these samplers must reproduce (tests/test_simulate.py):
 
@@ -50,7 +55,8 @@ __all__ = [
     "SMCInfo",
 ]
 
-# Runs vmapped together; bounds memory at about this many candidates per chunk.
+# Default runs vmapped together: about this many candidates per chunk (bounds
+# memory; chunks near this size ran fastest on the 2-core CPU box).
 _CANDIDATES_PER_CHUNK = 1 << 18
 
 
