@@ -363,13 +363,19 @@ def best_of_n_logprobs(log_q, g, n, *, atol: float = 0.0):
 def _bon_kernel(log_q, g, n, atol):
     lq = log_q - logsumexp(log_q, axis=-1, keepdims=True)
     diff = g[..., None, :] - g[..., :, None]  # [..., y, y'] = g(y') - g(y)
+    # A symbol always ties with itself. Said explicitly: inlined into a larger
+    # jit, XLA CPU evaluated |g(y) - g(y)| <= atol as False inside the fused
+    # reductions (rows of NaN), although the same diff materialised was 0.
+    self_ = jnp.eye(g.shape[-1], dtype=bool)
     lq_row = jnp.broadcast_to(lq[..., None, :], diff.shape)
-    log_e = logsumexp(jnp.where(jnp.abs(diff) <= atol, lq_row, -jnp.inf), axis=-1)
-    log_l = logsumexp(jnp.where(diff < -atol, lq_row, -jnp.inf), axis=-1)
-    log_g = logsumexp(jnp.where(diff > atol, lq_row, -jnp.inf), axis=-1)
+    log_e = logsumexp(jnp.where(self_ | (jnp.abs(diff) <= atol), lq_row, -jnp.inf), axis=-1)
+    log_l = logsumexp(jnp.where(~self_ & (diff < -atol), lq_row, -jnp.inf), axis=-1)
+    log_g = logsumexp(jnp.where(~self_ & (diff > atol), lq_row, -jnp.inf), axis=-1)
     # log(L + E) = log(1 - G), G = q({g > v}): exactly 0 for the top class, so
-    # n log(L + E) stays exact at huge n
-    log_le = jnp.log1p(-jnp.exp(log_g))
+    # n log(L + E) stays exact at huge n. When G rounds to 1 (a bottom class
+    # of tiny mass) log1p(-G) is -inf and the next line's -inf - -inf a NaN;
+    # there L + E is summed directly instead.
+    log_le = jnp.where(log_g > -jnp.log(2.0), jnp.logaddexp(log_l, log_e), jnp.log1p(-jnp.exp(log_g)))
     # log[(L+E)^n - L^n] = n log(L+E) + log(1 - (L/(L+E))^n)
     log_top = n * log_le + jnp.log(-jnp.expm1(n * (log_l - log_le)))
     return jnp.where(lq == -jnp.inf, -jnp.inf, lq - log_e + log_top)

@@ -501,3 +501,15 @@ def test_specs_policy_rejects_bad_modes(mdp):
         specs_policy(mdp, 2, threshold=0.5, target_mode="hard")
     with pytest.raises(ValueError, match="score"):
         specs_policy(mdp, 2, threshold=0.5, score="v")
+
+
+def test_beam_policy_finite_under_jit_regression():
+    from specs_theory import exact
+
+    # XLA CPU once turned whole rows of the jitted beam policy into NaN (K=6,
+    # H=5): a symbol's tie with itself was lost inside fused reductions.
+    mdp = random_mdp(jax.random.key(0), K=6, H=5, beta=0.2)
+    Q = exact.q_values(mdp)
+    for h, row in enumerate(exact.beam_policy(mdp, 4)):
+        assert bool(jnp.all(jnp.isfinite(row) | (row == -jnp.inf)))
+        np.testing.assert_allclose(row, exact.best_of_n_logprobs(mdp.target_logp[h], Q[h], 4), atol=1e-12)
