@@ -30,6 +30,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from specs_theory.resample import categorical_draws
+
 __all__ = [
     "candidate_scores",
     "eligible",
@@ -168,6 +170,8 @@ def _greedy(key, scores, ok, k):
 
 @partial(jax.jit, static_argnames=("k",))
 def _gumbel_top_k(key, logits, ok, k):
+    if k == 1:  # the first pick of successive sampling is one categorical draw
+        return _categorical(key, logits, ok, 1)
     g = jax.random.gumbel(key, logits.shape, dtype=logits.dtype)
     perturbed = jnp.where(ok, logits + g, -jnp.inf)
     # Rank eligible candidates first so an underflowed-but-eligible one still
@@ -178,8 +182,8 @@ def _gumbel_top_k(key, logits, ok, k):
 
 @partial(jax.jit, static_argnames=("k",))
 def _categorical(key, logits, ok, k):
-    masked = jnp.where(ok, logits, -jnp.inf)
-    idx = jax.random.categorical(key, masked, shape=(k,))
+    # inverse CDF: k uniforms, not the n * k Gumbels of jax.random.categorical
+    idx = categorical_draws(key, jnp.where(ok, logits, -jnp.inf), k)
     return jnp.where(jnp.any(ok), idx, -1)
 
 
@@ -232,6 +236,10 @@ def subsample(key, scores, k, *, temperature=1.0, threshold=None, replace=False,
     if replace:
         return _categorical(key, _logits(scores, ok, temperature), ok, k)
     k_greedy, k_soft = jax.random.split(key)
+    if _is_concrete(temperature):  # one branch only
+        if float(temperature) == 0:
+            return _greedy(k_greedy, scores, ok, k)
+        return _gumbel_top_k(k_soft, _logits(scores, ok, temperature), ok, k)
     greedy = _greedy(k_greedy, scores, ok, k)
     sampled = _gumbel_top_k(k_soft, _logits(scores, ok, temperature), ok, k)
     return jnp.where(jnp.asarray(temperature) == 0, greedy, sampled)
