@@ -192,11 +192,6 @@ def _exclusive(directory: Path):
 
 
 # backend kind -> (module, language model class, reward model class)
-_CLASSES = {
-    "hf": ("specs_llm.backends.hf", "HFLanguageModel", "HFRewardModel"),
-    "vllm": ("specs_llm.backends.vllm", "VLLMLanguageModel", "VLLMRewardModel"),
-    "openai_server": ("specs_llm.backends.openai_server", "OpenAIServerLanguageModel", "OpenAIServerRewardModel"),
-}
 _LOADED: dict[str, Any] = {}
 
 
@@ -218,24 +213,18 @@ def _load_one(backend: BackendSpec, role: str, step_delimiter: str):
                             "options": backend.options, "delimiter": step_delimiter}, sort_keys=True, default=str)
     if cache_key in _LOADED:
         return _LOADED[cache_key]
-    import importlib
+    from .backends import load_model
 
-    module_name, lm_name, prm_name = _CLASSES[backend.kind]
-    try:
-        module = importlib.import_module(module_name)
-        cls = getattr(module, prm_name if role == "prm" else lm_name)
-    except (ImportError, AttributeError) as err:
-        raise RunError(f"backend {backend.kind!r} is not available ({module_name}.{prm_name if role == 'prm' else lm_name}): "
-                       f"{type(err).__name__}: {err}") from err
     options = {**backend.options, **spec.options, "step_delimiter": step_delimiter}
     if role == "prm":
         options["convention"] = spec.convention
-    if backend.kind == "openai_server":
-        if spec.model is not None:
-            options["model"] = spec.model
-        model = cls(spec.url, **options)
-    else:
-        model = cls(_resolve_path(spec, role), **options)
+    if backend.kind == "openai_server" and spec.model is not None:
+        options["model"] = spec.model
+    location = spec.url if backend.kind == "openai_server" else _resolve_path(spec, role)
+    try:
+        model = load_model(backend.kind, role, location, **options)
+    except ImportError as err:
+        raise RunError(str(err)) from err
     _LOADED[cache_key] = model
     return model
 

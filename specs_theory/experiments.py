@@ -200,7 +200,6 @@ def e4_convergence(mdp: BlockMDP, *, top: int = 4096):
     ns = powers_of_two(top)
     records, kls, thm_c, theorem_b_violation = [], [], [], 0.0
     ld, lw = _all_states(mdp, lstar)
-    lstar_stacked = jnp.concatenate(lstar)
     propd_ok = True
     for n in ns:
         pol = exact.specs_policy(mdp, n)

@@ -63,7 +63,6 @@ else:
     import torch
 
     from specs_llm.backends.base import BackendError, LanguageModel, RewardModel, State
-    from specs_llm.backends.hf import HFLanguageModel, HFRewardModel
     from specs_llm.backends.vllm import VLLMLanguageModel, VLLMRewardModel
 
     # What works for tiny models on CPU (see the module doc for the engine mode).

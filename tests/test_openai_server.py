@@ -10,7 +10,6 @@ in-process HF backends, plus retries, a server killed mid-run and restarted.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import shutil
 import signal

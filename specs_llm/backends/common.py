@@ -34,6 +34,8 @@ __all__ = [
     "rewards_from_logits",
     "check_sampling",
     "step_tag_id",
+    "ChatPromptMixin",
+    "PRMInputMixin",
 ]
 
 # "value_head" (Skywork-o1-Open-PRM): one output per token; the reward of a
@@ -69,12 +71,15 @@ def encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def check_prompt_length(model_name: str, num_tokens: int, max_length: int, what: str = "prompt") -> None:
-    """BackendError when ``num_tokens`` leaves no room under ``max_length``."""
-    if num_tokens >= max_length:
+def check_prompt_length(model_name: str, num_tokens: int, max_length: int, what: str = "prompt", *,
+                        spare: int = 1) -> None:
+    """BackendError when ``num_tokens`` plus ``spare`` positions (1 for a
+    prompt that must be continued, 0 for an input that is only read) exceed
+    ``max_length``."""
+    if num_tokens + spare > max_length:
+        room = " (need at least one position to spare)" if spare else ""
         raise BackendError(
-            f"{model_name}: {what} has {num_tokens} tokens, the model's maximum length is {max_length}"
-            " (need at least one position to spare)"
+            f"{model_name}: {what} has {num_tokens} tokens, the model's maximum length is {max_length}{room}"
         )
 
 
@@ -201,3 +206,45 @@ def rewards_from_logits(rows: Sequence[Sequence[float]], convention: str) -> lis
         else:
             raise ValueError(f"convention must be one of {PRM_CONVENTIONS}, got {convention!r}")
     return out
+
+
+class ChatPromptMixin:
+    """``prompt`` and ``prompt_ids`` of a language-model backend.
+
+    Needs ``self.tokenizer``, ``self.step_delimiter``, ``self.name`` and
+    ``self.max_length`` (None: no client-side length check).
+    """
+
+    def prompt(self, state: State) -> str:
+        check_state(state, self.name)
+        return chat_prompt(self.tokenizer, state, self.step_delimiter)
+
+    def prompt_ids(self, state: State) -> list[int]:
+        ids = encode(self.tokenizer, self.prompt(state))
+        if self.max_length is not None:
+            check_prompt_length(self.name, len(ids), self.max_length)
+        return ids
+
+
+class PRMInputMixin:
+    """``inputs`` of a PRM backend: its token ids for a state and the reward
+    position of each step (`prm_input`).
+
+    Needs ``self.tokenizer``, ``self.convention``, ``self.step_delimiter``,
+    ``self.step_tag_id``, ``self.system``, ``self.name`` and ``self.max_length``.
+    """
+
+    def inputs(self, state: State) -> tuple[list[int], list[int]]:
+        check_state(state, self.name)
+        ids, positions = prm_input(
+            self.tokenizer,
+            state,
+            convention=self.convention,
+            delimiter=self.step_delimiter,
+            step_tag_id=self.step_tag_id,
+            system=self.system,
+        )
+        if self.max_length is not None:
+            # a PRM only reads its input: the whole context may be used
+            check_prompt_length(self.name, len(ids), self.max_length, "PRM input", spare=0)
+        return ids, positions

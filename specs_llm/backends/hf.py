@@ -30,16 +30,15 @@ import torch
 
 from .base import BackendError, State, Step
 from .common import (
+    ChatPromptMixin,
+    PRMInputMixin,
     PRM_CONVENTIONS,
-    chat_prompt,
     check_prompt_length,
     check_sampling,
-    check_state,
     derive_seed,
     encode,
     find_stop,
     make_step,
-    prm_input,
     rewards_from_logits,
     step_tag_id,
 )
@@ -85,7 +84,7 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter(0, order, sorted_p)
 
 
-class HFLanguageModel:
+class HFLanguageModel(ChatPromptMixin):
     """A causal LM from a local directory (draft or target), via transformers.
 
     Args:
@@ -134,15 +133,6 @@ class HFLanguageModel:
     def __repr__(self) -> str:
         return f"HFLanguageModel({self.name!r})"
 
-    def prompt(self, state: State) -> str:
-        check_state(state, self.name)
-        return chat_prompt(self.tokenizer, state, self.step_delimiter)
-
-    def _prompt_ids(self, state: State) -> list[int]:
-        ids = encode(self.tokenizer, self.prompt(state))
-        check_prompt_length(self.name, len(ids), self.max_length)
-        return ids
-
     @torch.no_grad()
     def generate(
         self,
@@ -157,7 +147,7 @@ class HFLanguageModel:
     ) -> list[list[Step]]:
         check_sampling(n, max_tokens, temperature, top_p)
         stop = [s for s in stop if s]
-        prompts = [self._prompt_ids(s) for s in states]
+        prompts = [self.prompt_ids(s) for s in states]
         if not prompts:
             return []
         rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
@@ -254,7 +244,7 @@ class HFLanguageModel:
         return result
 
 
-class HFRewardModel:
+class HFRewardModel(PRMInputMixin):
     """A process reward model from a local directory, via transformers.
 
     Args:
@@ -309,20 +299,6 @@ class HFRewardModel:
 
     def __repr__(self) -> str:
         return f"HFRewardModel({self.name!r}, convention={self.convention!r})"
-
-    def inputs(self, state: State) -> tuple[list[int], list[int]]:
-        """The PRM's token ids for ``state`` and the reward position of each step."""
-        check_state(state, self.name)
-        ids, positions = prm_input(
-            self.tokenizer,
-            state,
-            convention=self.convention,
-            delimiter=self.step_delimiter,
-            step_tag_id=self.step_tag_id,
-            system=self.system,
-        )
-        check_prompt_length(self.name, len(ids), self.max_length, "PRM input")
-        return ids, positions
 
     @torch.no_grad()
     def rewards(self, states: Sequence[State]) -> list[list[float]]:

@@ -57,16 +57,16 @@ import requests
 
 from .base import BackendError, State, Step
 from .common import (
+    ChatPromptMixin,
+    PRMInputMixin,
     PRM_CONVENTIONS,
-    chat_prompt,
     check_prompt_length,
     check_sampling,
-    check_state,
     derive_seed,
     encode,
     make_step,
-    prm_input,
     rewards_from_logits,
+    step_tag_id,
 )
 
 __all__ = ["OpenAIServerLanguageModel", "OpenAIServerRewardModel", "wait_until_ready"]
@@ -331,7 +331,7 @@ def _token_ids(tokens: Sequence[str]) -> list[int] | None:
     return out
 
 
-class OpenAIServerLanguageModel(_RemoteModel):
+class OpenAIServerLanguageModel(ChatPromptMixin, _RemoteModel):
     """A draft or target LM behind an OpenAI-compatible vLLM server.
 
     Args:
@@ -400,10 +400,6 @@ class OpenAIServerLanguageModel(_RemoteModel):
 
     def __repr__(self) -> str:
         return f"OpenAIServerLanguageModel({self.name!r}, {self.base_url!r})"
-
-    def prompt(self, state: State) -> str:
-        check_state(state, self.name)
-        return chat_prompt(self.tokenizer, state, self.step_delimiter)
 
     def generate(
         self,
@@ -528,7 +524,7 @@ class OpenAIServerLanguageModel(_RemoteModel):
         return result
 
 
-class OpenAIServerRewardModel(_RemoteModel):
+class OpenAIServerRewardModel(PRMInputMixin, _RemoteModel):
     """A process reward model behind a vLLM server started with ``--runner pooling``.
 
     The server must expose per-token outputs of a token-classification head
@@ -592,22 +588,10 @@ class OpenAIServerRewardModel(_RemoteModel):
             max_backoff=max_backoff,
             api_key=api_key,
         )
-        self.step_tag_id = _step_tag_id(self.tokenizer, step_tag, self.name) if convention == "step_tag" else None
+        self.step_tag_id = step_tag_id(self.tokenizer, step_tag, self.name) if convention == "step_tag" else None
 
     def __repr__(self) -> str:
         return f"OpenAIServerRewardModel({self.name!r}, {self.base_url!r}, convention={self.convention!r})"
-
-    def inputs(self, state: State) -> tuple[list[int], list[int]]:
-        """The PRM's token ids for ``state`` and the reward position of each step."""
-        check_state(state, self.name)
-        return prm_input(
-            self.tokenizer,
-            state,
-            convention=self.convention,
-            delimiter=self.step_delimiter,
-            step_tag_id=self.step_tag_id,
-            system=self.system,
-        )
 
     def rewards(self, states: Sequence[State]) -> list[list[float]]:
         inputs = [self.inputs(s) for s in states]
@@ -615,10 +599,6 @@ class OpenAIServerRewardModel(_RemoteModel):
         todo = [k for k, (_, pos) in enumerate(inputs) if pos]
         if not todo:
             return result
-        limit = self.max_length
-        if limit is not None:
-            for k in todo:
-                check_prompt_length(self.name, len(inputs[k][0]), limit + 1, "PRM input")
         labels = 1 if self.convention == "value_head" else 2
 
         def one(chunk: list[int]) -> list[list[float]]:
@@ -656,10 +636,3 @@ class OpenAIServerRewardModel(_RemoteModel):
                 result[k] = values
         return result
 
-
-def _step_tag_id(tokenizer, step_tag: str, model_name: str) -> int:
-    # the same lookup as hf._step_tag_id (kept here so this module needs no torch)
-    ids = encode(tokenizer, step_tag)
-    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
-        raise BackendError(f"{model_name}: step tag {step_tag!r} is not one token of the tokenizer (got ids {ids})")
-    return ids[0]

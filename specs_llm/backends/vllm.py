@@ -50,15 +50,14 @@ from .base import BackendError, State, Step
 # (`openai_server`), where calls do overlap.
 _ENGINE_LOCK = threading.Lock()
 from .common import (
+    ChatPromptMixin,
+    PRMInputMixin,
     PRM_CONVENTIONS,
-    chat_prompt,
     check_prompt_length,
     check_sampling,
-    check_state,
     derive_seed,
     encode,
     make_step,
-    prm_input,
     rewards_from_logits,
     step_tag_id,
 )
@@ -89,7 +88,7 @@ def _finish_reason(name: str, completion) -> str:
     raise BackendError(f"{name}: vLLM finished a sample with {completion.finish_reason!r}")
 
 
-class VLLMLanguageModel:
+class VLLMLanguageModel(ChatPromptMixin):
     """A causal LM served in-process by ``vllm.LLM`` (draft or target).
 
     Args:
@@ -111,15 +110,6 @@ class VLLMLanguageModel:
     def __repr__(self) -> str:
         return f"VLLMLanguageModel({self.name!r})"
 
-    def prompt(self, state: State) -> str:
-        check_state(state, self.name)
-        return chat_prompt(self.tokenizer, state, self.step_delimiter)
-
-    def _prompt_ids(self, state: State) -> list[int]:
-        ids = encode(self.tokenizer, self.prompt(state))
-        check_prompt_length(self.name, len(ids), self.max_length)
-        return ids
-
     def generate(
         self,
         states: Sequence[State],
@@ -133,7 +123,7 @@ class VLLMLanguageModel:
     ) -> list[list[Step]]:
         check_sampling(n, max_tokens, temperature, top_p)
         stop = [s for s in stop if s]
-        prompts = [{"prompt_token_ids": self._prompt_ids(s)} for s in states]
+        prompts = [{"prompt_token_ids": self.prompt_ids(s)} for s in states]
         if not prompts:
             return []
         params = [
@@ -191,7 +181,7 @@ class VLLMLanguageModel:
         return result
 
 
-class VLLMRewardModel:
+class VLLMRewardModel(PRMInputMixin):
     """A process reward model served in-process by ``vllm.LLM(runner="pooling")``.
 
     Same conventions and inputs as `HFRewardModel` (see `common.prm_input`);
@@ -231,20 +221,6 @@ class VLLMRewardModel:
 
     def __repr__(self) -> str:
         return f"VLLMRewardModel({self.name!r}, convention={self.convention!r})"
-
-    def inputs(self, state: State) -> tuple[list[int], list[int]]:
-        """The PRM's token ids for ``state`` and the reward position of each step."""
-        check_state(state, self.name)
-        ids, positions = prm_input(
-            self.tokenizer,
-            state,
-            convention=self.convention,
-            delimiter=self.step_delimiter,
-            step_tag_id=self.step_tag_id,
-            system=self.system,
-        )
-        check_prompt_length(self.name, len(ids), self.max_length, "PRM input")
-        return ids, positions
 
     def rewards(self, states: Sequence[State]) -> list[list[float]]:
         inputs = [self.inputs(s) for s in states]
