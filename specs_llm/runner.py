@@ -43,7 +43,7 @@ Grading uses `specs_llm.grading.Grader`: a comparison that times out is
 recorded with ``grade_status="timeout"`` and graded wrong.
 
 Models are loaded once per process and shared by every method and setting
-(`load_models`, memoised on the backend and model specs).
+(`recipe_models`, memoised on the backend and model specs).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ __all__ = [
     "ResultsFile",
     "record_key",
     "run_recipe",
-    "load_models",
+    "recipe_models",
     "clear_model_cache",
     "environment_info",
 ]
@@ -196,7 +196,7 @@ _LOADED: dict[str, Any] = {}
 
 
 def clear_model_cache() -> None:
-    """Forget every loaded model (the next `load_models` loads again)."""
+    """Forget every loaded model (the next `recipe_models` loads again)."""
     _LOADED.clear()
 
 
@@ -255,7 +255,7 @@ def _roles_needed(setting: Setting) -> set[str]:
     return {c.generator, "prm"}
 
 
-def load_models(recipe: Recipe, setting: Setting):
+def recipe_models(recipe: Recipe, setting: Setting):
     """The `Models` a setting needs (others None), loaded once per process."""
     from .search import Models
 
@@ -525,7 +525,7 @@ def run_recipe(
         grader = Grader(timeout=recipe.output.grade_timeout) if recipe.backend.kind != "mdp" else None
         try:
             for setting, seed, pending in plan:
-                models = load_models(recipe, setting)
+                models = recipe_models(recipe, setting)
                 config = setting.search_config(seed)
                 for start in range(0, len(pending), recipe.batch_size):
                     batch = pending[start:start + recipe.batch_size]

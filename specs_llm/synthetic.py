@@ -504,12 +504,12 @@ def _mdp_fig2b_setup(quick: bool, seed: int, limit: int | None) -> dict:
 def _recipe_fig2b_setup(recipe_path, quick: bool, limit: int | None) -> dict:
     from .grading import Grader
     from .recipes import load_recipe
-    from .runner import _problems, load_models
+    from .runner import _problems, recipe_models
 
     recipe = load_recipe(recipe_path)
     setting = recipe.settings()[0]
     spec = dataclasses.replace(setting, config=setting.config.replace(strategy="specs"))  # all three models
-    draft, target, prm = load_models(recipe, spec)
+    draft, target, prm = recipe_models(recipe, spec)
     first = dataclasses.replace(recipe, datasets=recipe.datasets[:1])
     problems = _problems(first, limit if limit is not None else (2 if quick else None), None)
     c = setting.config
