@@ -197,7 +197,7 @@ def plot_all(result: dict, out: Path) -> list[Path]:
             ax.loglog([r["n"] for r in rr], [max(r["objective_gap"], 1e-16) for r in rr], "o-", ms=4, label=method)
         if smc:
             ax.loglog([r["n"] for r in smc], [max(r["objective_gap"], 1e-16) for r in smc], "x--",
-                      label="smc (Monte Carlo, N particles)")
+                      label="smc (Monte Carlo, N particles; flattens at its sampling noise)")
         ax.set_xlabel("n (candidates per block) or N (particles)")
         ax.set_ylabel("J(pi*) - J(pi)  (reward units)")
         ax.set_title("KL-regularised objective gap")
