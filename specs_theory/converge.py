@@ -143,7 +143,7 @@ def table(result: dict) -> str:
     if "E5" in f:
         for s in f["E5"]["slopes"]:
             lines.append(f"E5  tau={s['tau']:.3f}: forward-KL slope predicted {s['predicted']:.4f}, "
-                         f"measured {s['measured']:.4f}")
+                         f"measured {s['measured']:.4f} (n = 2048..4096)")
     if "E7" in f:
         lines.append(f"E7  SMC mean Zhat {', '.join(f'{z:.4f}' for z in f['E7']['Z_mean'])}; "
                      f"Var slope {_fmt(f['E7']['var_slope'], '.2f')}")
