@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import time
 
 import jax
@@ -22,20 +21,10 @@ import specs_theory  # noqa: F401  (float64)
 from specs_theory.exact import optimal_policy, specs_policy
 from specs_theory.mdp import random_mdp, sequence_logp
 from specs_theory.metrics import kl
+from machine import cpu_model  # benchmarks/machine.py
 
 NS = [2**k for k in range(13)]
 HEADING = "## Exact SPECS policy sweep (K=8, H=5)"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(threshold=None):
@@ -72,7 +61,7 @@ def main():
         lines += [f"| {n:5d} | {dt:7.3f} | {k:18.4e} | {e:17.1e} |" for n, dt, k, e in rows]
         lines.append("")
     machine = (
-        f"Machine: {os.cpu_count()} cores (nproc), {_cpu_model()}, "
+        f"Machine: {os.cpu_count()} cores (nproc), {cpu_model()}, "
         f"jax {jax.__version__}, {datetime.date.today().isoformat()}; "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
         f"load average {os.getloadavg()[0]:.1f} at start (shared machine); "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -31,18 +30,7 @@ from specs_llm.config import SearchConfig  # noqa: E402
 from specs_llm.search import Models, run_search  # noqa: E402
 from specs_llm.timing import Ledger  # noqa: E402
 from specs_theory.mdp import random_mdp  # noqa: E402
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, jax {jax.__version__}"
+from machine import describe  # noqa: E402  (benchmarks/machine.py)
 
 
 def loop_overhead(problems: int, repeats: int) -> dict:
@@ -107,7 +95,7 @@ def main():
     lo = loop_overhead(args.problems, args.repeats)
     lines = [
         f"\n## Search loop overhead and batching ({dt.date.today()})\n",
-        f"Machine: {machine()}.\n",
+        f"Machine: {describe()}.\n",
         f"(a) MDP backend (K=8, H=5), SPECS n=16, k=1, {args.problems} problems in flight, threshold 0.3 "
         f"(some deferrals), best of {args.repeats}: wall {lo['wall']:.3f} s, backend calls {lo['backend']:.3f} s, "
         f"selection {lo['selection']:.3f} s, loop overhead incl. selection {lo['overhead']:.3f} s over "

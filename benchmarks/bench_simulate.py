@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import re
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ import specs_theory  # noqa: E402,F401  (float64)
 from specs_theory import exact  # noqa: E402
 from specs_theory import simulate as S  # noqa: E402
 from specs_theory.mdp import random_mdp  # noqa: E402
+from machine import describe  # noqa: E402  (benchmarks/machine.py)
 
 HEADING = "## Monte Carlo simulators vs numpy"
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -199,19 +199,6 @@ def decision_share(mdp, n, runs, repeats):
             {s: out[f"resample {s}"] / out[f"smc {s}"] for s in ("multinomial", "systematic")})
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, nproc {os.cpu_count()}, Python {platform.python_version()}, "
-            f"numpy {np.__version__}, jax {jax.__version__} (CPU)")
-
-
 def loadavg() -> str:
     try:
         return Path("/proc/loadavg").read_text().split()[0]
@@ -263,7 +250,7 @@ def main(argv=None):
     lines = [
         HEADING,
         "",
-        f"{dt.date.today().isoformat()}; {machine()}; load average {load_before} before the run "
+        f"{dt.date.today().isoformat()}; {describe()}; load average {load_before} before the run "
         f"(machine shared with other jobs). `python benchmarks/bench_simulate.py"
         f"{' --quick' if args.quick else ''}`.",
         "",

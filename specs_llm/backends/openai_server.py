@@ -209,20 +209,20 @@ class _RemoteModel:
         self,
         base_url,
         *,
-        model,
-        tokenizer,
-        tokenizer_path,
-        name,
-        role,
-        max_length,
-        max_batch_size,
-        max_concurrency,
-        timeout,
-        connect_timeout,
-        max_retries,
-        backoff,
-        max_backoff,
-        api_key,
+        model: str | None = None,
+        tokenizer=None,
+        tokenizer_path: str | os.PathLike | None = None,
+        name: str | None = None,
+        role: str | None = None,
+        max_length: int | None = None,
+        max_batch_size: int = 256,
+        max_concurrency: int = 32,
+        timeout: float = 600.0,
+        connect_timeout: float = 10.0,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        api_key: str | None = None,
     ):
         self.role = role
         self.model = model
@@ -347,8 +347,9 @@ class OpenAIServerLanguageModel(ChatPromptMixin, _RemoteModel):
       step_delimiter: text after each step in the prompt.
       max_length: prompt + generation token limit (default: the server's
         ``max_model_len``, asked once from ``/v1/models``).
-      max_batch_size: prompts per scoring request.
-      max_concurrency: requests in flight at once (generation sends one per state).
+      max_batch_size: prompts per scoring request (default 256).
+      max_concurrency: requests in flight at once (generation sends one per
+        state; default 32).
       timeout: seconds to wait for an answer (read timeout); connect_timeout:
         seconds to connect.
       max_retries, backoff, max_backoff: retry policy (module doc).
@@ -359,44 +360,9 @@ class OpenAIServerLanguageModel(ChatPromptMixin, _RemoteModel):
     and parameters are in the module doc.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        model: str | None = None,
-        tokenizer=None,
-        tokenizer_path: str | os.PathLike | None = None,
-        name: str | None = None,
-        role: str | None = None,
-        step_delimiter: str = "\n\n",
-        max_length: int | None = None,
-        max_batch_size: int = 256,
-        max_concurrency: int = 32,
-        timeout: float = 600.0,
-        connect_timeout: float = 10.0,
-        max_retries: int = 3,
-        backoff: float = 1.0,
-        max_backoff: float = 30.0,
-        api_key: str | None = None,
-    ):
+    def __init__(self, base_url: str, *, step_delimiter: str = "\n\n", **server_options):
         self.step_delimiter = step_delimiter
-        super().__init__(
-            base_url,
-            model=model,
-            tokenizer=tokenizer,
-            tokenizer_path=tokenizer_path,
-            name=name,
-            role=role,
-            max_length=max_length,
-            max_batch_size=max_batch_size,
-            max_concurrency=max_concurrency,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            max_retries=max_retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            api_key=api_key,
-        )
+        super().__init__(base_url, **server_options)
 
     def __repr__(self) -> str:
         return f"OpenAIServerLanguageModel({self.name!r}, {self.base_url!r})"
@@ -538,7 +504,8 @@ class OpenAIServerRewardModel(PRMInputMixin, _RemoteModel):
       base_url, model, tokenizer, tokenizer_path, name, role, max_length,
         max_batch_size, max_concurrency, timeout, connect_timeout,
         max_retries, backoff, max_backoff, api_key: as `OpenAIServerLanguageModel`
-        (``max_batch_size``: PRM inputs per request).
+        (``max_batch_size``: PRM inputs per request, default 64;
+        ``max_concurrency`` default 8).
       convention, step_delimiter, step_tag, system: as `HFRewardModel`
         (the PRM input is `common.prm_input`).
     """
@@ -548,46 +515,19 @@ class OpenAIServerRewardModel(PRMInputMixin, _RemoteModel):
         base_url: str,
         *,
         convention: str = "value_head",
-        model: str | None = None,
-        tokenizer=None,
-        tokenizer_path: str | os.PathLike | None = None,
         step_delimiter: str = "\n\n",
         step_tag: str = "<extra_0>",
         system: str | None = None,
-        name: str | None = None,
-        role: str | None = None,
-        max_length: int | None = None,
-        max_batch_size: int = 64,
-        max_concurrency: int = 8,
-        timeout: float = 600.0,
-        connect_timeout: float = 10.0,
-        max_retries: int = 3,
-        backoff: float = 1.0,
-        max_backoff: float = 30.0,
-        api_key: str | None = None,
+        **server_options,
     ):
         if convention not in PRM_CONVENTIONS:
             raise ValueError(f"convention must be one of {PRM_CONVENTIONS}, got {convention!r}")
         self.convention = convention
         self.step_delimiter = step_delimiter
         self.system = system
-        super().__init__(
-            base_url,
-            model=model,
-            tokenizer=tokenizer,
-            tokenizer_path=tokenizer_path,
-            name=name,
-            role=role,
-            max_length=max_length,
-            max_batch_size=max_batch_size,
-            max_concurrency=max_concurrency,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            max_retries=max_retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            api_key=api_key,
-        )
+        server_options.setdefault("max_batch_size", 64)
+        server_options.setdefault("max_concurrency", 8)
+        super().__init__(base_url, **server_options)
         self.step_tag_id = step_tag_id(self.tokenizer, step_tag, self.name) if convention == "step_tag" else None
 
     def __repr__(self) -> str:
