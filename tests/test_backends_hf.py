@@ -343,3 +343,22 @@ def test_different_tokenizers_compose_through_text(tiny_model_dir, hf_target):
     assert len(other.tokenizer.encode(prompt, add_special_tokens=False)) < len(
         hf_target.tokenizer.encode(prompt, add_special_tokens=False)
     )
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_first_token_law_is_the_tempered_nucleus_softmax(hf_draft, temperature, top_p):
+    """Many one-token samples follow softmax(logits / T) restricted to the top-p nucleus."""
+    from specs_llm.backends.hf import _nucleus
+    from specs_theory.gof import pooled_gof_pvalue
+
+    state = State("What is 1+1?")
+    ids = torch.tensor([hf_draft.prompt_ids(state)])
+    with torch.no_grad():
+        logits = hf_draft.model(input_ids=ids).logits[0, -1].double()
+    p = _nucleus(torch.softmax(logits / temperature, dim=-1)[None], top_p)[0]
+    p = (p / p.sum()).numpy()
+    (steps,) = hf_draft.generate([state], 3000, stop=[], max_tokens=1, temperature=temperature, seed=7, top_p=top_p)
+    counts = [0] * len(p)
+    for s in steps:
+        counts[(s.token_ids or (hf_draft.tokenizer.eos_token_id,))[0]] += 1
+    assert pooled_gof_pvalue(counts, p) > 1e-4

@@ -75,13 +75,23 @@ def _right_padded(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[t
 
 
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """``probs`` (V,) restricted to the smallest set of top tokens with mass >= top_p."""
+    """Rows of ``probs`` (B, V) restricted to the smallest set of top tokens with mass >= top_p."""
     if top_p >= 1.0:
         return probs
-    sorted_p, order = probs.sort(descending=True)
-    before = sorted_p.cumsum(0) - sorted_p  # mass strictly before each token
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass strictly before each token
     sorted_p = torch.where(before < top_p, sorted_p, torch.zeros_like(sorted_p))
-    return torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return torch.zeros_like(probs).scatter(-1, order, sorted_p)
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs`` (B, V, unnormalised) for uniforms ``u`` (B,):
+    the first token whose cumulative mass exceeds u * total. A zero-probability
+    token repeats its predecessor's cumulative mass, so it is never picked."""
+    cdf = probs.cumsum(-1)
+    tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    last = probs.shape[-1] - 1 - torch.argmax((probs > 0).flip(-1).to(torch.int8), dim=-1)
+    return torch.minimum(tok, last)
 
 
 class HFLanguageModel(ChatPromptMixin):
@@ -172,15 +182,20 @@ class HFLanguageModel(ChatPromptMixin):
         texts = [""] * len(rows)
         results: list[Step | None] = [None] * len(rows)
         active = list(range(len(rows)))  # row index of each batch entry
+        # Row r's sampling stream: uniforms from its own seeded generator, one
+        # per token, turned into tokens by inverting the batched CDF.
+        uniforms = [torch.rand(caps[r] + 1, generator=gens[r], dtype=torch.float64) for r in range(len(rows))]
         while active:
             raw = torch.log_softmax(logits, dim=-1)
+            if temperature == 0.0:
+                picked = torch.argmax(logits, dim=-1).tolist()
+            else:
+                probs = _nucleus(torch.softmax(logits.double() / temperature, dim=-1), top_p)
+                u = torch.tensor([float(uniforms[r][len(tokens[r])]) for r in active], dtype=torch.float64)
+                picked = _inverse_cdf(probs, u.to(probs.device)).tolist()
             chosen = []
             for b, r in enumerate(active):
-                if temperature == 0.0:
-                    tok = int(torch.argmax(logits[b]))
-                else:
-                    probs = _nucleus(torch.softmax(logits[b] / temperature, dim=-1), top_p).cpu()
-                    tok = int(torch.multinomial(probs, 1, generator=gens[r]))
+                tok = picked[b]
                 chosen.append(tok)
                 tokens[r].append(tok)
                 logps[r].append(float(raw[b, tok]))
