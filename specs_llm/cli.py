@@ -196,12 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .backends.base import BackendError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, BackendError) as exc:  # bad input, a model that failed to load
         print(f"specs: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # e.g. runner.RunError: a run that cannot go on (its results are kept)
+        print(f"specs: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
