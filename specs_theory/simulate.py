@@ -512,11 +512,6 @@ def simulate_best_of_n(key, mdp, n: int, num_runs: int, *, generator: str = "tar
 # sequential Monte Carlo
 
 
-def _ess(log_weights):
-    """(sum w)^2 / sum w^2, in log space."""
-    return jnp.exp(2.0 * jax.nn.logsumexp(log_weights) - jax.nn.logsumexp(2.0 * log_weights))
-
-
 def _smc_run(key, mdp, tables, ess_threshold, *, N, resampling):
     resampler = resample.get_resampler(resampling)
     K, H = mdp.K, mdp.H
@@ -528,11 +523,14 @@ def _smc_run(key, mdp, tables, ess_threshold, *, N, resampling):
         y = _draw(_uniforms(k_draw, (N,)), tables.draft_cdf, rows)
         # Exponentiated score G = pi_t/pi_d * exp(A*/beta), in log space.
         log_G = tables.log_weight[rows * K + y]  # select.candidate_scores, see _tables
-        # Zhat *= sum_i Wbar_i G_i, Wbar the normalised carried weights.
-        log_Z = log_Z + jax.nn.logsumexp(log_w - jax.nn.logsumexp(log_w) + log_G)
+        # Zhat *= sum_i Wbar_i G_i (Wbar the normalised carried weights)
+        #       = sum_i w_i G_i / sum_i w_i: a difference of two logsumexps.
+        lse_before = jax.nn.logsumexp(log_w)
         particles = particles * K + y
         log_w = log_w + log_G
-        ess = _ess(log_w)
+        lse = jax.nn.logsumexp(log_w)
+        log_Z = log_Z + lse - lse_before
+        ess = jnp.exp(2.0 * lse - jax.nn.logsumexp(2.0 * log_w))  # (sum w)^2 / sum w^2
         do = ~last & ((ess_threshold >= 1.0) | (ess < ess_threshold * N))
         ancestors = resampler(k_resample, log_w, N)
         particles = jnp.where(do, particles[ancestors], particles)
