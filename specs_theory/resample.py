@@ -23,12 +23,15 @@ import jax.numpy as jnp
 __all__ = ["categorical_draws", "multinomial", "stratified", "systematic", "residual", "RESAMPLERS", "get_resampler"]
 
 
-def _normalised(log_weights):
-    log_weights = jnp.asarray(log_weights)
-    if log_weights.ndim != 1:
-        raise ValueError(f"log_weights must be 1-D (particles,), got shape {log_weights.shape}")
+def _unnormalised(log_weights):
+    """exp(log_weights - max): weights up to a constant, NaN treated as 0."""
     lw = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
-    return jnp.exp(lw - jax.nn.logsumexp(lw))
+    return jnp.exp(lw - jnp.max(lw))
+
+
+def _normalised(log_weights):
+    w = _unnormalised(log_weights)
+    return w / jnp.sum(w)
 
 
 def _check_num_samples(num_samples):
@@ -37,17 +40,17 @@ def _check_num_samples(num_samples):
 
 
 def _inverse_cdf(u, w):
-    """Indices i with cumsum(w)[i-1] <= u < cumsum(w)[i], for u in [0, 1).
+    """Indices i with C[i-1] <= u C < C[i], C = cumsum(w), for u in [0, 1).
 
-    A zero-weight particle repeats its predecessor's cumulative sum, so the
-    first index whose cumulative sum exceeds u is never a zero-weight one.
-    If rounding leaves u above the final sum, the last positive-weight
-    particle is used instead of running off the end.
+    ``w`` need not be normalised. A zero-weight particle repeats its
+    predecessor's cumulative sum, so the first index whose cumulative sum
+    exceeds the query is never a zero-weight one; the query is kept strictly
+    below the total, so rounding never runs off the end either.
     """
     cdf = jnp.cumsum(w)
-    idx = jnp.searchsorted(cdf, u, side="right")
-    last_positive = w.shape[0] - 1 - jnp.argmax((w > 0)[::-1])
-    return jnp.where(idx >= w.shape[0], last_positive, idx).astype(jnp.int32)
+    total = cdf[-1]
+    query = jnp.minimum(u * total, jnp.nextafter(total, jnp.zeros_like(total)))
+    return jnp.searchsorted(cdf, query, side="right").astype(jnp.int32)
 
 
 def categorical_draws(key, log_weights, num_samples):
@@ -56,7 +59,7 @@ def categorical_draws(key, log_weights, num_samples):
     O((N + M) log N) instead of the N x M Gumbels of
     ``jax.random.categorical(shape=(M,))``; zero weights are never drawn.
     """
-    w = _normalised(log_weights)
+    w = _unnormalised(log_weights)
     u = jax.random.uniform(key, (num_samples,), dtype=w.dtype)
     return _inverse_cdf(u, w)
 
