@@ -78,9 +78,17 @@ def _stratified(key, log_weights, num_samples):
 
 @partial(jax.jit, static_argnames=("num_samples",))
 def _systematic(key, log_weights, num_samples):
-    w = _normalised(log_weights)
-    u = (jnp.arange(num_samples) + jax.random.uniform(key, (), dtype=w.dtype)) / num_samples
-    return _inverse_cdf(u, w)
+    # Particle i owns the points (j + U)/M in [C_{i-1}, C_i) (C the normalised
+    # cumulative weights): ceil(M C_i - U) - ceil(M C_{i-1} - U) of them. The
+    # counts need no search; C ends at exactly 1, so they sum to exactly M,
+    # and a zero-weight particle (C_i = C_{i-1}) gets none.
+    w = _unnormalised(log_weights)
+    cdf = jnp.cumsum(w)
+    c = cdf / cdf[-1]
+    U = jax.random.uniform(key, (), dtype=w.dtype)
+    edges = jnp.ceil(num_samples * c - U).astype(jnp.int32)
+    counts = jnp.diff(edges, prepend=jnp.zeros((1,), jnp.int32))
+    return jnp.repeat(jnp.arange(w.shape[0], dtype=jnp.int32), counts, total_repeat_length=num_samples)
 
 
 @partial(jax.jit, static_argnames=("num_samples",))
