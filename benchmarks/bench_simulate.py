@@ -250,8 +250,7 @@ def main(argv=None):
     lines = [
         HEADING,
         "",
-        f"{dt.date.today().isoformat()}; {describe()}; load average {load_before} before the run "
-        f"(machine shared with other jobs). `python benchmarks/bench_simulate.py"
+        f"{dt.date.today().isoformat()}; {describe()} (machine shared with other jobs). `python benchmarks/bench_simulate.py"
         f"{' --quick' if args.quick else ''}`.",
         "",
         "Throughput in simulated responses (runs) per second, single process, best of "
@@ -277,8 +276,8 @@ def main(argv=None):
               f"alone, called as often as by the simulators, takes {100 * sel_share:.0f}% of the "
               f"SPECS time (`select.select_step`, k = 1: an inverse-CDF draw over the n candidates) and "
               f"{100 * res_share['multinomial']:.0f}% / {100 * res_share['systematic']:.0f}% of "
-              f"the SMC time (`resample.multinomial` and `resample.systematic`: O(N log N) inverse "
-              f"CDF). With a threshold, vmapped runs compute the deferral branch (n target draws) "
+              f"the SMC time (`resample.multinomial`: an O(N log N) inverse-CDF search; "
+              f"`resample.systematic`: closed-form counts, no search). With a threshold, vmapped runs compute the deferral branch (n target draws) "
               f"whether or not they defer. The numpy reference spends about 8 us per "
               f"block in Python overhead, nearly independent of n up to 64, so the ratio falls "
               f"as n grows.", ""]
