@@ -199,13 +199,6 @@ def decision_share(mdp, n, runs, repeats):
             {s: out[f"resample {s}"] / out[f"smc {s}"] for s in ("multinomial", "systematic")})
 
 
-def loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except OSError:
-        return "?"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer runs (smoke test)")
@@ -217,7 +210,6 @@ def main(argv=None):
     T = Tables(mdp)
     ns = [4, 16, 64] if args.quick else [4, 16, 64, 256]
     base_jax, base_np = (5_000, 200) if args.quick else (50_000, 2_000)
-    load_before = loadavg()
     rows = []
     for n in ns:
         scale = 16 / max(n, 16)  # fewer runs for larger n: about constant time per call
