@@ -24,4 +24,4 @@ def describe() -> str:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu_model()}, nproc {os.cpu_count()}, Python {platform.python_version()}, "
-            f"numpy {np.__version__}, jax {jax.__version__} (CPU), load average {load:.2f} at start")
+            f"numpy {np.__version__}, jax {jax.__version__} (CPU), load average {load:.2f}")
