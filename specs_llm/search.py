@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
@@ -116,8 +117,12 @@ class Strategy:
     proposer: str  # "draft" or "target"
     defers: bool  # may hand a step to the target (SPECS, RSD)
     uses_ratio: bool  # the score weighs log pi_t - log pi_d (needs target scoring)
-    select: Callable
+    compiled: Callable  # jit(vmap(score, keep)), shared by every strategy of this structure
+    params: dict  # its traced settings
     stop: tuple[str, ...]
+
+    def select(self, keys, lt, ld, r, ntok, valid):
+        return self.compiled(keys, lt, ld, r, ntok, valid, self.params)
 
 
 def _keep_specs(key, s, r, valid, k, p, gate_on_reward):
@@ -174,8 +179,7 @@ def strategy_for(config: SearchConfig) -> Strategy:
     compiled = _compiled_selector(keep, k, gate_on_reward, length_normalize)
     params = {name: jnp.asarray(v, dtype=jnp.float64) for name, v in params.items()}
     stop = () if c.strategy == "bon" else (c.step_delimiter,)
-    return Strategy(proposer, defers, uses_ratio,
-                    lambda keys, lt, ld, r, ntok, valid: compiled(keys, lt, ld, r, ntok, valid, params), stop)
+    return Strategy(proposer, defers, uses_ratio, compiled, params, stop)
 
 
 @functools.lru_cache(maxsize=16)
@@ -188,14 +192,19 @@ def _compiled_target_selector(k, mode):
     return jax.jit(select), jax.jit(back)
 
 
-def _target_selector(config: SearchConfig):
-    """Target candidates (after a deferral, or in target mode) are kept by
-    reward; the switch-back decision looks at the same rewards.
-    Returns ``(select(keys, rewards), switch_back(rewards))``."""
-    select, back = _compiled_target_selector(config.k, config.target_mode)
-    t, w = jnp.float64(config.temperature), jnp.float64(config.reward_weight)
-    sb = jnp.float64(-np.inf if config.switch_back_threshold is None else config.switch_back_threshold)
-    return (lambda keys, r: select(keys, r, t, w)), (lambda r: back(r, sb))
+_COMPILED_SHAPES: set = set()
+
+
+def _call(call, fn, *args):
+    """``fn(*args)``, with the one-off JIT compilation for a new argument shape
+    done first and left out of the call's latency (``call.excluded``)."""
+    key = (fn, tuple((a.shape, a.dtype) if hasattr(a, "shape") else type(a) for a in jax.tree.leaves(args)))
+    if key not in _COMPILED_SHAPES:
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        call.excluded += time.perf_counter() - t0
+        _COMPILED_SHAPES.add(key)
+    return fn(*args)
 
 
 @jax.jit
@@ -258,7 +267,12 @@ class _Search:
         self.m, self.c, self.ledger, self.pool = models, config, ledger, pool
         self.strategy = strategy_for(config)
         c = config
-        self.target_select, self.switch_back = _target_selector(c)
+        # Target candidates (after a deferral, or in target mode) are kept by
+        # reward; the switch-back decision looks at the same rewards.
+        self.target_select, self.switch_back = _compiled_target_selector(c.k, c.target_mode)
+        self.target_params = (jnp.float64(c.temperature), jnp.float64(c.reward_weight))
+        self.switch_back_threshold = jnp.float64(
+            -np.inf if c.switch_back_threshold is None else c.switch_back_threshold)
         self.root_key = jax.random.key(c.seed)
 
     def model(self, role: str):
@@ -267,11 +281,11 @@ class _Search:
             raise ValueError(f"strategy {self.c.strategy!r} needs a {role} model")
         return model
 
-    def keys(self, probs: list[_Problem], step: int, salt: int) -> jax.Array:
+    def keys(self, call, probs: list[_Problem], step: int, salt: int) -> jax.Array:
         """One key per problem (padded to the bucket), independent of batching."""
         idx = np.zeros(_bucket(len(probs)), dtype=np.int64)
         idx[: len(probs)] = [p.index for p in probs]
-        return _problem_keys(self.root_key, idx, step, salt)
+        return _call(call, _problem_keys, self.root_key, idx, step, salt)
 
     # -- model calls ----------------------------------------------------------
 
@@ -303,21 +317,21 @@ class _Search:
                 cands[p.index].append(_Candidate(b, s, new_state, role))
         return cands
 
-    def score_target(self, probs, cands, step):
+    def score_target(self, probs, cands, step, group=None):
         items = [(p, x) for p in probs for x in cands[p.index]]
         if not items:
             return
-        with self.ledger.record("target", "target_scoring", step, [p.index for p in probs]) as call:
+        with self.ledger.record("target", "target_scoring", step, [p.index for p in probs], group=group) as call:
             out = self.model("target").score([p.beams[x.beam].state for p, x in items], [x.step.text for _, x in items])
             for (p, x), lps in zip(items, out):
                 x.logp_target = float(np.sum(lps)) if len(lps) else 0.0
                 call.tokens[p.index] += len(lps)
 
-    def score_prm(self, probs, cands, step):
+    def score_prm(self, probs, cands, step, group=None):
         items = [(p, x) for p in probs for x in cands[p.index]]
         if not items:
             return
-        with self.ledger.record("prm", "prm_scoring", step, [p.index for p in probs]) as call:
+        with self.ledger.record("prm", "prm_scoring", step, [p.index for p in probs], group=group) as call:
             out = self.m.prm.rewards([x.state for _, x in items])
             for (p, x), rs in zip(items, out):
                 x.step_rewards = tuple(float(r) for r in rs)
@@ -326,9 +340,10 @@ class _Search:
                 call.tokens[p.index] += x.step.num_tokens
 
     def score_parallel(self, probs, cands, step, *, with_target: bool):
-        jobs = [self.pool.submit(self.score_prm, probs, cands, step)]
+        group = self.ledger.new_group()  # the two run concurrently
+        jobs = [self.pool.submit(self.score_prm, probs, cands, step, group)]
         if with_target:
-            jobs.append(self.pool.submit(self.score_target, probs, cands, step))
+            jobs.append(self.pool.submit(self.score_target, probs, cands, step, group))
         for j in jobs:
             j.result()
 
@@ -346,7 +361,7 @@ class _Search:
             cands = self.propose(propose_group, strategy.proposer, step, salt=0)
             uses_ratio = strategy.uses_ratio and strategy.proposer == "draft"
             self.score_parallel(propose_group, cands, step, with_target=uses_ratio)
-            with self.ledger.record("loop", "selection", step, [p.index for p in propose_group]):
+            with self.ledger.record("loop", "selection", step, [p.index for p in propose_group]) as call:
                 width = max(len(cands[p.index]) for p in propose_group)
                 shape = (_bucket(len(propose_group)), width)
                 lt, ld, r = (np.full(shape, np.nan) for _ in range(3))
@@ -362,7 +377,8 @@ class _Search:
                     p.counts["nan_rewards"] += int(np.isnan(r[i, :m]).sum())
                     p.counts["nan_logprobs"] += int((np.isnan(lt[i, :m]) | np.isnan(ld[i, :m])).sum())
                 scores, indices, deferred = (
-                    np.asarray(a) for a in strategy.select(self.keys(propose_group, step, 1), lt, ld, r, ntok, valid)
+                    np.asarray(a) for a in _call(call, strategy.compiled, self.keys(call, propose_group, step, 1),
+                                                 lt, ld, r, ntok, valid, strategy.params)
                 )
                 for i, p in enumerate(propose_group):
                     for x, sx in zip(cands[p.index], scores[i]):
@@ -378,7 +394,7 @@ class _Search:
         if target_group:
             cands = self.propose(target_group, "target", step, salt=2)
             self.score_parallel(target_group, cands, step, with_target=False)
-            with self.ledger.record("loop", "selection", step, [p.index for p in target_group]):
+            with self.ledger.record("loop", "selection", step, [p.index for p in target_group]) as call:
                 rewards = []
                 for p in target_group:
                     r = np.array([x.reward for x in cands[p.index]])
@@ -388,8 +404,11 @@ class _Search:
                         x.score = c.reward_weight * x.reward
                 width = max(len(r) for r in rewards)
                 padded = jnp.asarray(_padded(rewards, width))
-                indices = np.asarray(self.target_select(self.keys(target_group, step, 3), padded))
-                back = np.asarray(self.switch_back(padded)) if c.switch_back_threshold is not None else None
+                indices = np.asarray(_call(call, self.target_select, self.keys(call, target_group, step, 3), padded,
+                                           *self.target_params))
+                back = None
+                if c.switch_back_threshold is not None:
+                    back = np.asarray(_call(call, self.switch_back, padded, self.switch_back_threshold))
             for i, p in enumerate(target_group):
                 was_deferred, p.deferred_now = p.deferred_now, False
                 kept = [cands[p.index][j] for j in indices[i] if j >= 0]

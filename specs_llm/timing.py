@@ -5,14 +5,17 @@ phase (draft_generation, target_scoring, prm_scoring, target_generation,
 selection), the wall seconds, the tokens processed, and the problems that
 took part. Per-problem latency is the sum of the wall seconds of the calls a
 problem waited on (a problem in a batched call waits for the whole call);
-tokens are attributed exactly. The search loop's own overhead is the run's
-wall time minus the time spent inside recorded calls.
+tokens are attributed exactly; of calls that ran concurrently (one group),
+only the longest counts. The per-model and per-phase breakdowns sum every
+call. The search loop's own overhead is the run's wall time minus the time
+spent inside recorded calls.
 
 Units: seconds (wall clock, `time.perf_counter`), tokens (integers).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -39,6 +42,8 @@ class Call:
     step: int
     seconds: float = 0.0
     tokens: dict[int, int] = field(default_factory=dict)
+    excluded: float = 0.0  # seconds inside the call that are not latency (one-off JIT compilation)
+    group: int = -1  # calls of one group ran concurrently: a problem waits for the longest
 
 
 class Ledger:
@@ -55,23 +60,31 @@ class Ledger:
         self.cost_model = cost_model
         self._start = time.perf_counter()
         self._stop: float | None = None
+        self._groups = itertools.count()
+
+    def new_group(self) -> int:
+        """An id for calls that run concurrently (e.g. target and PRM scoring in
+        two threads): per-problem latency counts the longest of them, not the sum."""
+        return next(self._groups)
 
     @contextmanager
-    def record(self, model: str, phase: str, step: int, problems):
+    def record(self, model: str, phase: str, step: int, problems, *, group: int | None = None):
         """Time a call made on behalf of ``problems`` (an iterable of indices).
 
         Yields the `Call`; the caller fills ``call.tokens`` (per problem).
+        ``group``: see `new_group` (default: a group of its own).
         """
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")
-        call = Call(model, phase, step, tokens={int(p): 0 for p in problems})
+        call = Call(model, phase, step, tokens={int(p): 0 for p in problems},
+                    group=self.new_group() if group is None else group)
         t0 = time.perf_counter()
         try:
             yield call
         finally:
-            call.seconds = time.perf_counter() - t0
+            call.seconds = time.perf_counter() - t0 - call.excluded
             self.calls.append(call)
 
     def finish(self) -> None:
@@ -90,29 +103,37 @@ class Ledger:
         return end - self._start
 
     def summary(self) -> dict:
-        """Totals: seconds, calls and tokens by model and by phase; overhead."""
+        """Totals: seconds, calls and tokens by model and by phase (every call
+        summed); ``seconds``: the time in calls (concurrent calls counted once,
+        by the longest); ``compile_seconds``: one-off JIT compilation, left out
+        of latency; ``loop_overhead_seconds``: wall time in none of these."""
         by_model = defaultdict(lambda: {"seconds": 0.0, "calls": 0, "tokens": 0})
         by_phase = defaultdict(lambda: {"seconds": 0.0, "calls": 0, "tokens": 0})
-        measured = 0.0
+        charged: dict[int, float] = {}
+        measured: dict[int, float] = {}
         for c in self.calls:
             for key, table in ((c.model, by_model), (c.phase, by_phase)):
                 table[key]["seconds"] += self._charged(c)
                 table[key]["calls"] += 1
                 table[key]["tokens"] += sum(c.tokens.values())
-            measured += c.seconds
+            charged[c.group] = max(charged.get(c.group, 0.0), self._charged(c))
+            measured[c.group] = max(measured.get(c.group, 0.0), c.seconds + c.excluded)
+        compile_seconds = sum(c.excluded for c in self.calls)
         return {
-            "seconds": sum(self._charged(c) for c in self.calls),
+            "seconds": sum(charged.values()),
             "wall_seconds": self.wall_seconds,
-            "loop_overhead_seconds": max(self.wall_seconds - measured, 0.0),
+            "compile_seconds": compile_seconds,
+            "loop_overhead_seconds": max(self.wall_seconds - sum(measured.values()), 0.0),
             "by_model": {m: dict(by_model[m]) for m in MODELS if m in by_model},
             "by_phase": {p: dict(by_phase[p]) for p in PHASES if p in by_phase},
         }
 
     def problem_summary(self, problem: int) -> dict:
-        """Latency of one problem: seconds of the calls it waited on, its tokens."""
+        """Latency of one problem: the seconds of the calls it waited on (of
+        concurrent calls, the longest), and its share of calls and tokens."""
         by_model = defaultdict(lambda: {"seconds": 0.0, "calls": 0, "tokens": 0})
         by_phase = defaultdict(lambda: {"seconds": 0.0, "calls": 0, "tokens": 0})
-        total = 0.0
+        longest: dict[int, float] = {}
         for c in self.calls:
             if problem not in c.tokens:
                 continue
@@ -120,13 +141,13 @@ class Ledger:
             if self.cost_model is not None:
                 # charge the problem for its own tokens only
                 secs = float(self.cost_model(c.model, c.phase, c.tokens[problem]))
-            total += secs
+            longest[c.group] = max(longest.get(c.group, 0.0), secs)
             for key, table in ((c.model, by_model), (c.phase, by_phase)):
                 table[key]["seconds"] += secs
                 table[key]["calls"] += 1
                 table[key]["tokens"] += c.tokens[problem]
         return {
-            "seconds": total,
+            "seconds": sum(longest.values()),
             "by_model": {m: dict(by_model[m]) for m in MODELS if m in by_model},
             "by_phase": {p: dict(by_phase[p]) for p in PHASES if p in by_phase},
         }

@@ -223,3 +223,23 @@ def test_bad_input(mdp, models):
         SearchConfig.from_dict({"n": 4, "beam_width": 2})
     with pytest.raises(ValueError, match="not an MDP block"):
         models.target.score([State("q")], ["hello"])
+
+
+def test_ledger_counts_concurrent_calls_once_and_leaves_out_compilation():
+    costs = {"draft": 1.0, "target": 3.0, "prm": 2.0, "loop": 0.0}
+    ledger = Ledger(cost_model=lambda model, phase, tokens: costs[model] * tokens)
+    with ledger.record("draft", "draft_generation", 0, [0, 1]) as call:
+        call.tokens.update({0: 2, 1: 1})
+    group = ledger.new_group()  # target scoring and PRM side by side
+    with ledger.record("target", "target_scoring", 0, [0, 1], group=group) as call:
+        call.tokens.update({0: 1, 1: 1})
+    with ledger.record("prm", "prm_scoring", 0, [0, 1], group=group) as call:
+        call.tokens.update({0: 2, 1: 1})
+    p0 = ledger.problem_summary(0)
+    assert p0["seconds"] == 2.0 + max(3.0, 4.0)  # not 2 + 3 + 4
+    assert p0["by_phase"]["target_scoring"]["seconds"] == 3.0  # breakdowns keep every call
+    assert ledger.problem_summary(1)["seconds"] == 1.0 + 3.0
+    clock = Ledger()
+    with clock.record("loop", "selection", 0, [0]) as call:
+        call.excluded = 0.0
+    assert clock.calls[0].seconds >= 0 and clock.summary()["compile_seconds"] == 0.0
