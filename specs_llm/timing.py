@@ -4,9 +4,9 @@ A `Ledger` records, for each call, the model (draft / target / prm), the
 phase (draft_generation, target_scoring, prm_scoring, target_generation,
 selection), the wall seconds, the tokens processed, and the problems that
 took part. Per-problem latency is the sum of the wall seconds of the calls a
-problem waited on (a problem in a batched call waits for the whole call);
-tokens are attributed exactly; of calls that ran concurrently (one group),
-only the longest counts. The per-model and per-phase breakdowns sum every
+problem waited on (a problem in a batched call waits for the whole call), of
+calls that ran concurrently (one group) only the longest; tokens are
+attributed exactly. The per-model and per-phase breakdowns sum every
 call. The search loop's own overhead is the run's wall time minus the time
 spent inside recorded calls.
 
