@@ -318,6 +318,15 @@ def _matched(rows: list[dict], latency_key: str) -> dict:
             "median_ratio": float(np.median(reached)) if reached else None}
 
 
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    """The rows as CSV (None written as an empty cell)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if v is None else v for k, v in r.items()})
+
+
 def _write_pareto(out: Path, result: dict) -> None:
     import matplotlib
 
@@ -325,11 +334,7 @@ def _write_pareto(out: Path, result: dict) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    with open(out / "pareto.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: "" if v is None else v for k, v in r.items()})
+    _write_rows(out / "pareto.csv", rows)
     styles = {"SPECS": ("tab:blue", "o"), "SPECS (idealised)": ("tab:cyan", "P"), "target beam search": ("tab:red", "s"),
               "draft beam search": ("tab:green", "^"), "RSD": ("tab:purple", "D")}
     panels = [("latency_s", "objective", "mean terminal reward / R", "every token charged"),
@@ -545,11 +550,7 @@ def _write_fig2b(out: Path, result: dict) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    with open(out / "fig2b.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: "" if v is None else v for k, v in r.items()})
+    _write_rows(out / "fig2b.csv", rows)
     (out / "fig2b.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     fig, ax = plt.subplots(figsize=(8, 4.8))
     x = np.arange(len(rows))

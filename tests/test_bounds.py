@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 import specs_theory  # noqa: F401  (float64)
+from strategies import sir_cases  # tests/strategies.py
 from specs_theory.bounds import (
     coverage,
     prop_d_bound,
@@ -43,20 +43,6 @@ NS = [2**k for k in range(13)]  # 1 .. 4096
 def _slack(bound):
     """Relative slack 1e-9 (I8) plus a rounding floor."""
     return bound * (1 + 1e-9) + 1e-14
-
-
-@st.composite
-def sir_cases(draw, zeros=True, max_n=64):
-    K = draw(st.sampled_from((2, 3, 5)))
-    alpha = draw(st.sampled_from([0.3, 1.0, 3.0]))
-    sd = draw(st.sampled_from([0.0, 0.5, 2.0, 4.0]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    q = rng.dirichlet(alpha * np.ones(K)) + 1e-12
-    q /= q.sum()
-    log_w = rng.normal(0.0, sd, K)
-    if zeros and draw(st.booleans()):
-        log_w[rng.permutation(K)[: draw(st.integers(1, K - 1))]] = -np.inf
-    return np.log(q), log_w, draw(st.integers(1, max_n))
 
 
 def _pi_w_log(log_q, log_w):

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import specs_theory  # noqa: F401  (float64)
+from strategies import sir_cases  # tests/strategies.py
 from specs_theory.exact import (
     advantages,
     beam_policy,
@@ -39,22 +40,6 @@ EXACT = 1e-12
 
 # --------------------------------------------------------------------------
 # generators (THEORY.md 5): shapes from a small fixed set so jit reuses code
-
-
-@st.composite
-def sir_cases(draw, max_n=64, ks=(2, 3, 5), zeros=True):
-    K = draw(st.sampled_from(ks))
-    alpha = draw(st.sampled_from([0.3, 1.0, 3.0]))
-    sd = draw(st.sampled_from([0.0, 0.5, 2.0, 4.0]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    q = rng.dirichlet(alpha * np.ones(K)) + 1e-12
-    q /= q.sum()
-    log_w = rng.normal(0.0, sd, K)
-    if zeros and draw(st.booleans()):
-        n_zero = draw(st.integers(1, K - 1))
-        log_w[rng.permutation(K)[:n_zero]] = -np.inf
-    n = draw(st.integers(1, max_n))
-    return np.log(q), log_w, n
 
 
 def _q0(log_q, log_w):

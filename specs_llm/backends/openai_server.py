@@ -307,8 +307,14 @@ class _RemoteModel:
     def __exit__(self, *exc):
         self.close()
 
-    def _chunks(self, items: list) -> list[list]:
-        return [items[i : i + self.max_batch_size] for i in range(0, len(items), self.max_batch_size)]
+    def _batched(self, one, todo: list[int], result: list) -> list:
+        """``result[k]`` for every k in ``todo``, from ``one(chunk)`` run on
+        chunks of ``max_batch_size`` indices, concurrently."""
+        chunks = [todo[i : i + self.max_batch_size] for i in range(0, len(todo), self.max_batch_size)]
+        for chunk, values in zip(chunks, self._map(one, chunks)):
+            for k, v in zip(chunk, values):
+                result[k] = v
+        return result
 
 
 def _finish_reason(choice: dict, describe: str) -> str:
@@ -483,11 +489,7 @@ class OpenAIServerLanguageModel(ChatPromptMixin, _RemoteModel):
                 out.append([float(x) for x in tail])
             return out
 
-        chunks = self._chunks(todo)
-        for chunk, lps in zip(chunks, self._map(one, chunks)):
-            for k, values in zip(chunk, lps):
-                result[k] = values
-        return result
+        return self._batched(one, todo, result)
 
 
 class OpenAIServerRewardModel(PRMInputMixin, _RemoteModel):
@@ -570,9 +572,5 @@ class OpenAIServerRewardModel(PRMInputMixin, _RemoteModel):
                 out.append(rewards_from_logits(picked, self.convention))
             return out
 
-        chunks = self._chunks(todo)
-        for chunk, rs in zip(chunks, self._map(one, chunks)):
-            for k, values in zip(chunk, rs):
-                result[k] = values
-        return result
+        return self._batched(one, todo, result)
 
