@@ -220,16 +220,17 @@ def _batch_size(batch_size, num_runs, per_run) -> int:
     return -(-num_runs // num_chunks)
 
 
-def _map_runs(run, key, num_runs, batch_size):
-    """Apply ``run(key)`` to ``jax.random.split(key, num_runs)``, vmapped in
+def _map_runs(runs, key, num_runs, batch_size):
+    """Apply ``runs`` (a function of a (B,) array of run keys, e.g. a
+    vmapped one-run function) to ``jax.random.split(key, num_runs)`` in
     chunks of ``batch_size`` runs (the last chunk padded with repeated keys
     whose runs are dropped, so one chunk shape is compiled)."""
     keys = jax.random.split(key, num_runs)
     if batch_size >= num_runs:
-        return jax.vmap(run)(keys)
+        return runs(keys)
     num_chunks = -(-num_runs // batch_size)
     padded = jnp.concatenate([keys, keys[: num_chunks * batch_size - num_runs]])
-    out = jax.lax.map(jax.vmap(run), padded.reshape(num_chunks, batch_size))
+    out = jax.lax.map(runs, padded.reshape(num_chunks, batch_size))
     return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:num_runs], out)
 
 
@@ -273,56 +274,90 @@ def sequence_counts(samples, num_sequences):
 # SPECS
 
 
-def _specs_run(key, mdp, tables, threshold, temperature, *, n, k, use_threshold, can_defer,
-               target_mode, score, replace):
+def _where_needed(needed, fn, args):
+    """``jax.vmap(fn)(*args)`` where only the runs with ``needed`` (B,) bool
+    matter (the other rows of the result are unspecified). When at most
+    B // 8 runs need it, ``fn`` is evaluated on those rows alone (gathered,
+    then scattered back); otherwise on all B. Under vmap a `jax.lax.cond`
+    per run would compute both branches, so the selection is made here, once
+    per chunk of runs."""
+    size = needed.shape[0]
+    capacity = max(1, size // 8)
+
+    def few(args):
+        idx = jnp.nonzero(needed, size=capacity, fill_value=size)[0]  # size = out of range
+        out = jax.vmap(fn)(*jax.tree.map(lambda a: a.at[idx].get(mode="clip"), args))
+        return jax.tree.map(
+            lambda o: jnp.zeros((size,) + o.shape[1:], o.dtype).at[idx].set(o, mode="drop"), out
+        )
+
+    return jax.lax.cond(jnp.sum(needed) <= capacity, few, lambda a: jax.vmap(fn)(*a), args)
+
+
+def _specs_runs(keys, mdp, tables, threshold, temperature, *, n, k, use_threshold, can_defer,
+                target_mode, score, replace):
+    """A chunk of SPECS runs, one per key in ``keys`` (B,). The blocks are
+    scanned over the whole chunk so that the deferral branch (n target
+    draws and their selection) is computed only for runs that defer
+    (`_where_needed`): deferrals are rare with a useful threshold."""
     K, H, inv_beta = mdp.K, mdp.H, 1.0 / mdp.beta
     m = n // k  # candidates per beam
     thr = threshold if use_threshold else None
     # For k = 1 sampling with and without replacement is the same law; the
     # with-replacement draw needs no sort.
     replace = replace or k == 1
+    gate = tables.q_value if score == "q" else tables.advantage
+
+    def draft(k_draw, k_select, rows):
+        """One run's draft phase: k*m candidates from pi_d, soft verification."""
+        y = _draw(_uniforms(k_draw, rows.shape), tables.draft_cdf, rows)
+        cell = rows * K + y  # flat (s, y) index
+        scores = tables.log_weight[cell]  # select.candidate_scores, see _tables
+        step = select.select_step(
+            k_select, scores, k, temperature=temperature, threshold=thr, replace=replace,
+            gate=gate[cell] if use_threshold else None,
+        )
+        return y, step
+
+    def target(key, rows):
+        """One run's deferred block: as many candidates from pi_t, kept by the PRM alone."""
+        k_draw, k_keep = jax.random.split(key)
+        y = _draw(_uniforms(k_draw, rows.shape), tables.target_cdf, rows)
+        cell = rows * K + y
+        if target_mode == "soft":
+            kept = select.select_target(
+                k_keep, tables.advantage[cell], k, mode="soft", temperature=temperature,
+                reward_weight=inv_beta, replace=replace,
+            )
+        else:
+            kept = _keep_best(k_keep, gate[cell], k)  # = select_target(mode="greedy")
+        return y, kept
 
     def block(beams, inputs):
-        (k_draw, k_select, k_defer), offset = inputs
-        parent = jnp.repeat(beams, m)  # (k*m,) beam of each candidate
-        rows = offset + parent
-        u = _uniforms(k_draw, (2 if can_defer else 1, k * m))
-
-        # Draft phase: k*m candidates from pi_d, soft verification.
-        y_d = _draw(u[0], tables.draft_cdf, rows)
-        cell_d = rows * K + y_d  # flat (s, y) index
-        scores = tables.log_weight[cell_d]  # select.candidate_scores, see _tables
-        gate_d = None
-        if use_threshold:
-            gate_d = (tables.q_value if score == "q" else tables.advantage)[cell_d]
-        step = select.select_step(
-            k_select, scores, k, temperature=temperature, threshold=thr, replace=replace, gate=gate_d
-        )
+        keys, offset = inputs  # (B, 3) keys, (B,) row offset of this depth
+        k_draw, k_select, k_defer = (keys[:, j] for j in range(3))
+        parent = jnp.repeat(beams, m, axis=1)  # (B, k*m) beam of each candidate
+        rows = offset[:, None] + parent
+        y, step = jax.vmap(draft)(k_draw, k_select, rows)
+        kept = step.indices
         if can_defer:
-            # Deferral: as many candidates from pi_t, kept by the PRM alone.
-            y_t = _draw(u[1], tables.target_cdf, rows)
-            cell_t = rows * K + y_t
-            if target_mode == "soft":
-                kept_t = select.select_target(
-                    k_defer, tables.advantage[cell_t], k, mode="soft", temperature=temperature,
-                    reward_weight=inv_beta, replace=replace,
-                )
-            else:
-                gate_t = (tables.q_value if score == "q" else tables.advantage)[cell_t]
-                kept_t = _keep_best(k_defer, gate_t, k)  # = select_target(mode="greedy")
-            kept = jnp.where(step.deferred, kept_t, step.indices)
-            y = jnp.where(step.deferred, y_t, y_d)
-        else:
-            kept, y = step.indices, y_d
-        kept, filled = _fill_empty(kept)
-        return parent[kept] * K + y[kept], (step.deferred, filled)
+            y_t, kept_t = _where_needed(step.deferred, target, (k_defer, rows))
+            kept = jnp.where(step.deferred[:, None], kept_t, kept)
+            y = jnp.where(step.deferred[:, None], y_t, y)
+        kept, filled = jax.vmap(_fill_empty)(kept)
+        take = partial(jnp.take_along_axis, indices=kept, axis=1)
+        return take(parent) * K + take(y), (step.deferred, filled)
 
-    inputs, key_final = _block_inputs(key, K, H, 3)
-    beams, (deferred, num_filled) = jax.lax.scan(block, jnp.zeros((k,), jnp.int32), inputs)
+    inputs, key_final = jax.vmap(partial(_block_inputs, K=K, H=H, num_keys=3))(keys)
+    inputs = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), inputs)  # blocks first
+    init = jnp.zeros((keys.shape[0], k), jnp.int32)
+    beams, (deferred, num_filled) = jax.lax.scan(block, init, inputs)
+    deferred, num_filled = deferred.T, num_filled.T  # (B, H)
     if k == 1:
-        answer = beams[0]
+        answer = beams[:, 0]
     else:  # the completed beam with the best final reward, ties uniform
-        answer = beams[_keep_best(key_final, mdp.reward[beams], 1)[0]]
+        best = jax.vmap(lambda key, b: b[_keep_best(key, mdp.reward[b], 1)[0]])
+        answer = best(key_final, beams)
     return answer, SpecsInfo(deferred, num_filled, beams, mdp.reward[answer])
 
 
@@ -333,12 +368,12 @@ def _specs_run(key, mdp, tables, threshold, temperature, *, n, k, use_threshold,
 )
 def _specs(key, mdp, threshold, temperature, *, n, k, num_runs, batch_size, use_threshold,
            can_defer, target_mode, score, replace):
-    run = partial(
-        _specs_run, mdp=mdp, tables=_tables(mdp), threshold=threshold, temperature=temperature,
+    runs = partial(
+        _specs_runs, mdp=mdp, tables=_tables(mdp), threshold=threshold, temperature=temperature,
         n=n, k=k, use_threshold=use_threshold, can_defer=can_defer, target_mode=target_mode,
         score=score, replace=replace,
     )
-    return _map_runs(run, key, num_runs, batch_size)
+    return _map_runs(runs, key, num_runs, batch_size)
 
 
 def simulate_specs(
@@ -453,7 +488,7 @@ def _beam(key, mdp, *, n, k, num_runs, batch_size, generator):
     q_value = _stack(exact.q_values(mdp)).ravel()
     run = partial(_beam_run, mdp=mdp, cdf=_generator_cdf(mdp, generator), q_value=q_value,
                   n=n, k=k)
-    return _map_runs(run, key, num_runs, batch_size)
+    return _map_runs(jax.vmap(run), key, num_runs, batch_size)
 
 
 def simulate_beam_search(key, mdp, n: int, num_runs: int, *, k: int = 1,
@@ -493,7 +528,7 @@ def _best_of_n_run(key, mdp, cdf, *, n):
 @partial(jax.jit, static_argnames=("n", "num_runs", "batch_size", "generator"))
 def _best_of_n(key, mdp, *, n, num_runs, batch_size, generator):
     run = partial(_best_of_n_run, mdp=mdp, cdf=_generator_cdf(mdp, generator), n=n)
-    return _map_runs(run, key, num_runs, batch_size)
+    return _map_runs(jax.vmap(run), key, num_runs, batch_size)
 
 
 def simulate_best_of_n(key, mdp, n: int, num_runs: int, *, generator: str = "target",
@@ -516,33 +551,42 @@ def _smc_run(key, mdp, tables, ess_threshold, *, N, resampling):
     resampler = resample.get_resampler(resampling)
     K, H = mdp.K, mdp.H
 
+    log_N = jnp.log(float(N))
+
     def block(carry, inputs):
-        particles, log_w, log_Z = carry  # log_w: log-weights carried since the last resampling
+        # log_w: log-weights carried since the last resampling; lse_before:
+        # their logsumexp.
+        particles, log_w, lse_before, log_Z = carry
         ((k_draw, k_resample), offset), last = inputs
         rows = offset + particles
         y = _draw(_uniforms(k_draw, (N,)), tables.draft_cdf, rows)
         # Exponentiated score G = pi_t/pi_d * exp(A*/beta), in log space.
         log_G = tables.log_weight[rows * K + y]  # select.candidate_scores, see _tables
-        # Zhat *= sum_i Wbar_i G_i (Wbar the normalised carried weights)
-        #       = sum_i w_i G_i / sum_i w_i: a difference of two logsumexps.
-        lse_before = jax.nn.logsumexp(log_w)
         particles = particles * K + y
         log_w = log_w + log_G
-        lse = jax.nn.logsumexp(log_w)
+        # Zhat *= sum_i Wbar_i G_i (Wbar the normalised carried weights)
+        #       = sum_i w_i G_i / sum_i w_i, and the ESS (sum w)^2 / sum w^2,
+        # from one exponentiation of the shifted log-weights.
+        top = jnp.max(log_w)
+        w = jnp.exp(log_w - jnp.where(jnp.isfinite(top), top, 0.0))
+        total = jnp.sum(w)
+        lse = jnp.where(jnp.isfinite(top), top, 0.0) + jnp.log(total)
         log_Z = log_Z + lse - lse_before
-        ess = jnp.exp(2.0 * lse - jax.nn.logsumexp(2.0 * log_w))  # (sum w)^2 / sum w^2
+        ess = total * total / jnp.sum(w * w)
         do = ~last & ((ess_threshold >= 1.0) | (ess < ess_threshold * N))
         ancestors = resampler(k_resample, log_w, N)
         particles = jnp.where(do, particles[ancestors], particles)
         log_w = jnp.where(do, jnp.zeros_like(log_w), log_w)
-        return (particles, log_w, log_Z), (ess, do)
+        return (particles, log_w, jnp.where(do, log_N, lse), log_Z), (ess, do)
 
     inputs, key_out = _block_inputs(key, K, H, 2)
     # The barrier keeps XLA from constant-folding the first block over the
     # (num_runs, N) broadcast of this constant state (seconds at N = 1).
-    init = jax.lax.optimization_barrier((jnp.zeros((N,), jnp.int32), jnp.zeros((N,)), jnp.zeros(())))
+    init = jax.lax.optimization_barrier(
+        (jnp.zeros((N,), jnp.int32), jnp.zeros((N,)), log_N, jnp.zeros(()))
+    )
     last = jnp.arange(H) == H - 1
-    (particles, log_w, log_Z), (ess, resampled) = jax.lax.scan(block, init, (inputs, last))
+    (particles, log_w, _, log_Z), (ess, resampled) = jax.lax.scan(block, init, (inputs, last))
     # Output x^J, J ~ Cat(final weights).
     j = select.subsample(key_out, log_w, 1, temperature=1.0, replace=True)[0]
     return particles[j], SMCInfo(log_Z, ess, resampled)
@@ -552,7 +596,7 @@ def _smc_run(key, mdp, tables, ess_threshold, *, N, resampling):
 def _smc(key, mdp, ess_threshold, *, N, num_runs, batch_size, resampling):
     run = partial(_smc_run, mdp=mdp, tables=_tables(mdp), ess_threshold=ess_threshold,
                   N=N, resampling=resampling)
-    return _map_runs(run, key, num_runs, batch_size)
+    return _map_runs(jax.vmap(run), key, num_runs, batch_size)
 
 
 def simulate_smc(key, mdp, num_particles: int, num_runs: int, *, resampling: str = "multinomial",

@@ -266,6 +266,22 @@ def test_batch_size_does_not_change_results(mdp):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.parametrize("num_needed", [0, 1, 3, 4, 5, 32])
+def test_where_needed_matches_full_evaluation(num_needed):
+    """The deferral branch is computed on the needed runs alone when at most
+    B // 8 need it (here 4 of 32), else on all: the needed rows are equal
+    either way, whichever rows need it."""
+    x = jax.random.normal(jax.random.key(64), (32, 5))
+    fn = lambda row, scale: (jnp.cumsum(row) * scale, jnp.argmax(row))  # noqa: E731
+    scale = jnp.arange(32.0)
+    full = jax.vmap(fn)(x, scale)
+    needed = np.zeros(32, bool)
+    needed[np.random.default_rng(num_needed).permutation(32)[:num_needed]] = True
+    out = jax.jit(S._where_needed, static_argnums=1)(jnp.asarray(needed), fn, (x, scale))
+    for got, want in zip(out, full):
+        np.testing.assert_array_equal(np.asarray(got)[needed], np.asarray(want)[needed])
+
+
 def test_vmap_and_jit_consistency(mdp):
     keys = jax.random.split(jax.random.key(61), 3)
     run = lambda key, m: S.simulate_specs(key, m, 4, SMALL, threshold=0.5)  # noqa: E731
