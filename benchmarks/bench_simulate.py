@@ -279,7 +279,7 @@ def main(argv=None):
               f"SPECS time (`select.select_step`, k = 1: an inverse-CDF draw over the n candidates) and "
               f"{100 * res_share['multinomial']:.0f}% / {100 * res_share['systematic']:.0f}% of "
               f"the SMC time (`resample.multinomial`: an inverse-CDF count per draw; "
-              f"`resample.systematic`: closed-form counts). With a threshold the deferral branch "
+              f"`resample.systematic`: the same count for a grid with one shared uniform, so M - 1 fewer uniforms). With a threshold the deferral branch "
               f"(n target draws and their selection) is computed only for the runs that defer "
               f"when they are at most 1/8 of a chunk, else for the whole chunk. The numpy "
               f"reference spends about 8 us per block in Python overhead, nearly independent "

@@ -84,8 +84,9 @@ def _count_at_most(cdf, query):
 def categorical_draws(key, log_weights, num_samples):
     """``num_samples`` iid indices from Cat(softmax(log_weights)) by inverse CDF.
 
-    O((N + M) log N) instead of the N x M Gumbels of
-    ``jax.random.categorical(shape=(M,))``; zero weights are never drawn.
+    M uniforms and O(N + M sqrt N) work (O((N + M) log N) for N > 1024)
+    instead of the N x M Gumbels of ``jax.random.categorical(shape=(M,))``;
+    zero weights are never drawn.
     """
     w = unnormalised(log_weights)
     u = jax.random.uniform(key, (num_samples,), dtype=w.dtype)

@@ -550,7 +550,6 @@ def simulate_best_of_n(key, mdp, n: int, num_runs: int, *, generator: str = "tar
 def _smc_run(key, mdp, tables, ess_threshold, *, N, resampling):
     resampler = resample.get_resampler(resampling)
     K, H = mdp.K, mdp.H
-
     log_N = jnp.log(float(N))
 
     def block(carry, inputs):
