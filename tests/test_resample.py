@@ -25,6 +25,19 @@ def test_counts_sum_to_n_and_zero_weights_never_chosen(name):
         assert not np.isin(idx, [1, 3]).any()
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 63, 64, 65, 1024, 1025, 3000])
+def test_two_level_count_equals_searchsorted(n):
+    """The inverse-CDF count (two-level up to 1024 particles, binary search
+    above) is searchsorted(side="right"), also on ties, zero weights and
+    queries equal to a cumulative sum."""
+    rng = np.random.default_rng(n)
+    for _ in range(5):
+        cdf = np.cumsum(rng.random(n) * (rng.random(n) < 0.7))
+        query = np.concatenate([rng.random(50) * cdf[-1], cdf[:5], [0.0]])
+        got = R._count_at_most(jnp.asarray(cdf), jnp.asarray(query))
+        np.testing.assert_array_equal(got, np.searchsorted(cdf, query, side="right"))
+
+
 @pytest.mark.parametrize("name", ["systematic", "stratified"])
 def test_low_variance_counts_within_one_of_expectation(name):
     fn = R.get_resampler(name)
