@@ -21,7 +21,16 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-__all__ = ["categorical_draws", "unnormalised", "multinomial", "stratified", "systematic", "residual", "RESAMPLERS", "get_resampler"]
+__all__ = [
+    "categorical_draws",
+    "unnormalised",
+    "multinomial",
+    "stratified",
+    "systematic",
+    "residual",
+    "RESAMPLERS",
+    "get_resampler",
+]
 
 
 def unnormalised(log_weights):
