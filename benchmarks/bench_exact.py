@@ -1,6 +1,6 @@
 """Wall time of the exact SPECS policy (all states, Theorem A) on K=8, H=5.
 
-    python benchmarks/bench_exact.py [--append benchmarks/RESULTS.md]
+    python benchmarks/bench_exact.py [--write]
 
 4681 states (sum_h 8^h, h < 5) per call; n in {1, 2, 4, ..., 4096}.  One
 warm-up call compiles; the sweep is then timed call by call (each result is
@@ -21,7 +21,7 @@ import specs_theory  # noqa: F401  (float64)
 from specs_theory.exact import optimal_policy, specs_policy
 from specs_theory.mdp import random_mdp, sequence_logp
 from specs_theory.metrics import kl
-from machine import cpu_model  # benchmarks/machine.py
+from machine import cpu_model, write_section  # benchmarks/machine.py
 
 NS = [2**k for k in range(13)]
 HEADING = "## Exact SPECS policy sweep (K=8, H=5)"
@@ -46,7 +46,7 @@ def run(threshold=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--append", help="append a markdown section to this file")
+    parser.add_argument("--write", action="store_true", help="replace this benchmark's section of RESULTS.md")
     args = parser.parse_args()
     lines = []
     for label, tau in (("no threshold", None), ("threshold tau = 0.5 (soft target)", 0.5)):
@@ -69,10 +69,8 @@ def main():
     )
     text = "\n".join([HEADING, "", machine, ""] + lines)
     print(text)
-    if args.append:
-        exists = os.path.exists(args.append)
-        with open(args.append, "a") as f:
-            f.write(("\n" if exists else "# Benchmarks\n\n") + text + "\n")
+    if args.write:
+        write_section(HEADING, text)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import re
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -43,10 +41,9 @@ import specs_theory  # noqa: E402,F401  (float64)
 from specs_theory import exact  # noqa: E402
 from specs_theory import simulate as S  # noqa: E402
 from specs_theory.mdp import random_mdp  # noqa: E402
-from machine import describe  # noqa: E402  (benchmarks/machine.py)
+from machine import RESULTS, describe, write_section  # noqa: E402  (benchmarks/machine.py)
 
 HEADING = "## Monte Carlo simulators vs numpy"
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 # --------------------------------------------------------------------------
@@ -289,19 +286,7 @@ def main(argv=None):
     print()
     print(text)
     if args.write:
-        write_section(text)
-
-
-def write_section(text: str):
-    """Replace this benchmark's section in RESULTS.md, keeping every other one."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    RESULTS.write_text(new)
-    print(f"updated {RESULTS}")
+        write_section(HEADING, text)
 
 
 if __name__ == "__main__":
