@@ -6,6 +6,8 @@
     specs run RECIPE        a resumable benchmark run from a YAML recipe
     specs report DIR...     plots and tables from results files
     specs synthetic         objective-latency Pareto and Figure 2(b) on an MDP
+    specs testbed build     train the testbed's tokenizer, draft, target and PRM (CPU)
+    specs testbed evaluate  the testbed's quality: accuracies, PRM AUC, decode cost ratio
 
 Each subcommand imports what it needs when it runs, so `specs theory ...`
 never loads torch or vllm.
@@ -127,6 +129,26 @@ def _synthetic(args) -> int:
     return 0
 
 
+def _testbed_build(args) -> int:
+    from .testbed.build import BuildSpec, build
+
+    build(args.out, BuildSpec(seed=args.seed))
+    return 0
+
+
+def _testbed_evaluate(args) -> int:
+    import os
+
+    from .testbed.quality import evaluate, format_report
+
+    if args.models:
+        os.environ["SPECS_TESTBED_DIR"] = args.models
+    report = evaluate(args.out, backend=args.backend, limit=args.limit, seed=args.seed)
+    print(format_report(report))
+    print(f"wrote {args.out}/quality.json")
+    return 0
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -192,6 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--out", default="out/synthetic")
     syn.add_argument("--quick", action="store_true")
     syn.set_defaults(func=_synthetic)
+
+    tb = sub.add_parser("testbed", help="the trained CPU testbed: build its models, measure their quality")
+    tsub = tb.add_subparsers(dest="testbed_command", required=True, metavar="TESTBED_COMMAND")
+    tbb = tsub.add_parser("build", help="train tokenizer, target, draft and PRM from scratch (about 10 min, 2 cores)")
+    tbb.add_argument("--out", default="out/testbed", help="output directory (default: out/testbed)")
+    tbb.add_argument("--seed", type=int, default=0)
+    tbb.set_defaults(func=_testbed_build)
+    tbe = tsub.add_parser("evaluate", help="accuracies (runner), PRM step AUC, decode cost ratio")
+    tbe.add_argument("--models", help="a build directory (default: $SPECS_TESTBED_DIR, else the shipped models)")
+    tbe.add_argument("--out", default="out/testbed-quality")
+    tbe.add_argument("--backend", choices=("vllm", "hf"), default="vllm")
+    tbe.add_argument("--limit", type=int, default=500, help="held-out problems (default 500)")
+    tbe.add_argument("--seed", type=int, default=0)
+    tbe.set_defaults(func=_testbed_evaluate)
     return p
 
 

@@ -17,6 +17,10 @@ amc23          40     ``id = str(id)``; answers are floats (27.0 -> "27");
                       ``meta`` keeps question, url
 olympiadbench  675    ``id = str(id)``; answers are LaTeX in ``$...$``
                       (``"$69$,$84$"`` -> ``"69,84"``)
+testbed        500    the held-out split of the trained testbed's arithmetic task,
+                      ``heldout.jsonl`` beside the testbed models in use
+                      (`specs_llm.testbed.heldout_path`); ``meta`` keeps
+                      solution, start, ops, form
 =============  =====  ============================================================
 
 Answer normalisation (`normalize_answer`, applied to every source, the raw
@@ -50,7 +54,7 @@ from typing import Any, Iterable, Mapping
 
 __all__ = ["DATASETS", "Problem", "load_problems", "normalize_answer"]
 
-DATASETS: tuple[str, ...] = ("math500", "amc23", "olympiadbench")
+DATASETS: tuple[str, ...] = ("math500", "amc23", "olympiadbench", "testbed")
 
 # Per shipped dataset: which JSON field holds id, problem and answer.
 # An id field of None numbers the rows "<name>-<row index>".
@@ -58,6 +62,7 @@ _SHIPPED_FIELDS: dict[str, dict[str, str | None]] = {
     "math500": {"id": None, "problem": "problem", "answer": "answer"},
     "amc23": {"id": "id", "problem": "problem", "answer": "answer"},
     "olympiadbench": {"id": "id", "problem": "problem", "answer": "answer"},
+    "testbed": {"id": "id", "problem": "problem", "answer": "answer"},
 }
 _DEFAULT_FIELDS: dict[str, str | None] = {"id": "id", "problem": "problem", "answer": "answer"}
 
@@ -150,9 +155,14 @@ def load_problems(
             )
         source = name_or_path
         fields = _SHIPPED_FIELDS[name_or_path]
-        text = resources.files("specs_llm").joinpath("data", f"{name_or_path}.jsonl").read_text(
-            encoding="utf-8"
-        )
+        if name_or_path == "testbed":  # the held-out split of the testbed models in use
+            from .testbed import heldout_path
+
+            text = heldout_path().read_text(encoding="utf-8")
+        else:
+            text = resources.files("specs_llm").joinpath("data", f"{name_or_path}.jsonl").read_text(
+                encoding="utf-8"
+            )
         where = f"shipped dataset {name_or_path!r}"
         stem = name_or_path
     else:

@@ -50,7 +50,8 @@ default is a new setting.
 Model paths ``tiny:draft``, ``tiny:target`` and ``tiny:prm`` (hf and vllm)
 name the tiny random models of `specs_llm.testing`, built on first use into
 ``$SPECS_CACHE/tiny-models`` (default ``~/.cache/specs/tiny-models``); see
-`tiny_model_path`.
+`tiny_model_path`. ``testbed:draft``, ``testbed:target`` and ``testbed:prm``
+name the trained testbed models (`specs_llm.testbed.model_path`).
 """
 
 from __future__ import annotations
@@ -81,10 +82,12 @@ __all__ = [
     "parse_recipe",
     "cache_dir",
     "tiny_model_path",
+    "resolve_model_path",
 ]
 
 BACKENDS = ("hf", "vllm", "openai_server", "mdp")
 TINY_PREFIX = "tiny:"
+TESTBED_PREFIX = "testbed:"
 TINY_ROLES = ("draft", "target", "prm")
 PRM_CONVENTIONS = ("value_head", "step_tag")
 MDP_KEYS = {
@@ -251,6 +254,18 @@ def tiny_model_path(role: str, *, prm_kind: str = "value_head") -> str:
     return build_tiny_models(cache_dir() / "tiny-models", prm_kind=prm_kind)[role]
 
 
+def resolve_model_path(path: str, *, prm_kind: str = "value_head") -> str:
+    """A recipe's model path as a directory: ``tiny:<role>`` and ``testbed:<role>``
+    resolved, any other path returned as it is."""
+    if path.startswith(TINY_PREFIX):
+        return tiny_model_path(path[len(TINY_PREFIX):], prm_kind=prm_kind)
+    if path.startswith(TESTBED_PREFIX):
+        from .testbed import model_path
+
+        return model_path(path[len(TESTBED_PREFIX):])
+    return path
+
+
 # ---------------------------------------------------------------------------
 # parsing
 
@@ -401,9 +416,10 @@ def _model(ctx: _Ctx, value, where: str, kind: str, role: str) -> ModelSpec:
     )
     if spec.path is not None:
         ctx.string(spec.path, f"{where}.path")
-        if spec.path.startswith(TINY_PREFIX) and spec.path[len(TINY_PREFIX):] not in TINY_ROLES:
-            raise ctx.fail(f"{where}.path", f"tiny models are {[TINY_PREFIX + r for r in TINY_ROLES]}, "
-                                            f"got {spec.path!r}")
+        for prefix, what in ((TINY_PREFIX, "tiny"), (TESTBED_PREFIX, "testbed")):
+            if spec.path.startswith(prefix) and spec.path[len(prefix):] not in TINY_ROLES:
+                raise ctx.fail(f"{where}.path", f"{what} models are {[prefix + r for r in TINY_ROLES]}, "
+                                                f"got {spec.path!r}")
     if spec.url is not None:
         url = ctx.string(spec.url, f"{where}.url")
         if not url.startswith(("http://", "https://")):

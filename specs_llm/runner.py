@@ -61,7 +61,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from .recipes import TINY_PREFIX, BackendSpec, ModelSpec, Recipe, Setting, load_recipe, tiny_model_path
+from .recipes import BackendSpec, ModelSpec, Recipe, Setting, load_recipe, resolve_model_path
 
 __all__ = [
     "RECORD_FIELDS",
@@ -200,13 +200,6 @@ def clear_model_cache() -> None:
     _LOADED.clear()
 
 
-def _resolve_path(spec: ModelSpec, role: str) -> str:
-    if spec.path is not None and spec.path.startswith(TINY_PREFIX):
-        kind = spec.convention or "value_head"
-        return tiny_model_path(spec.path[len(TINY_PREFIX):], prm_kind=kind)
-    return spec.path
-
-
 def _load_one(backend: BackendSpec, role: str, step_delimiter: str):
     spec: ModelSpec = getattr(backend, role)
     cache_key = json.dumps({"kind": backend.kind, "role": role, "spec": asdict(spec),
@@ -220,7 +213,8 @@ def _load_one(backend: BackendSpec, role: str, step_delimiter: str):
         options["convention"] = spec.convention
     if backend.kind == "openai_server" and spec.model is not None:
         options["model"] = spec.model
-    location = spec.url if backend.kind == "openai_server" else _resolve_path(spec, role)
+    location = (spec.url if backend.kind == "openai_server"
+                else resolve_model_path(spec.path, prm_kind=spec.convention or "value_head"))
     try:
         model = load_model(backend.kind, role, location, **options)
     except ImportError as err:

@@ -322,7 +322,8 @@ class _Search:
         if not items:
             return
         with self.ledger.record("target", "target_scoring", step, [p.index for p in probs], group=group) as call:
-            out = self.model("target").score([p.beams[x.beam].state for p, x in items], [x.step.text for _, x in items])
+            out = self.model("target").score([p.beams[x.beam].state for p, x in items],
+                                             [x.step.scored_text for _, x in items])
             for (p, x), lps in zip(items, out):
                 x.logp_target = float(np.sum(lps)) if len(lps) else 0.0
                 call.tokens[p.index] += len(lps)

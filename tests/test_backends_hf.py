@@ -99,10 +99,11 @@ def test_generate_honours_stop_strings(hf_draft):
     tok = hf_draft.tokenizer
     for step in flat(out):
         assert "\n\n" not in step.text
-        assert tok.decode(step.token_ids) == step.text
+        assert tok.decode(step.token_ids) == step.scored_text
         assert len(step.logprobs) == step.num_tokens and all(lp <= 0 for lp in step.logprobs)
-        if step.finish_reason == "stop":  # the two "\n" tokens were decoded, not kept
-            assert step.num_generated == step.num_tokens + 2
+        if step.finish_reason == "stop":  # the two "\n" tokens belong to the step event
+            assert step.end == "\n\n" and step.scored_text == step.text + "\n\n"
+            assert step.num_generated == step.num_tokens
         elif step.finish_reason == "eos":  # the EOS token was decoded, not kept
             assert step.num_generated == step.num_tokens + 1
         else:
@@ -116,7 +117,7 @@ def test_stop_is_not_matched_across_the_prompt_boundary(hf_draft):
     assert hf_draft.prompt(state).endswith("\n\n")
     steps = hf_draft.generate([state], 32, stop=["\n\n"], max_tokens=16, temperature=1.0, seed=2)[0]
     assert any(s.text.startswith("\n") for s in steps)  # the case the rule is about did occur
-    assert all(s.num_generated == s.num_tokens + 2 for s in steps if s.finish_reason == "stop")
+    assert all(s.num_generated == s.num_tokens and s.end == "\n\n" for s in steps if s.finish_reason == "stop")
     # a stop string that is a suffix of the prompt only: never matched at once
     steps = hf_draft.generate([state], 8, stop=["assistant\n"], max_tokens=4, temperature=1.0, seed=2)[0]
     assert all(s.finish_reason != "stop" for s in steps)
@@ -128,7 +129,7 @@ def test_stop_rule_on_generated_text(hf_draft, stop):
     for step in flat(hf_draft.generate(STATES[:2], 8, stop=stop, max_tokens=24, temperature=1.0, seed=3)):
         assert not any(s in step.text for s in stop)
         if step.finish_reason == "stop":
-            assert step.num_generated > step.num_tokens
+            assert step.end in stop and hf_draft.tokenizer.decode(step.token_ids) == step.scored_text
 
 
 def test_find_stop_follows_vllm():
@@ -145,7 +146,7 @@ def test_generation_logprobs_are_raw_model_logprobs(hf_target):
     out = hf_target.generate(STATES[:2], 4, stop=STOP, max_tokens=16, temperature=0.7, seed=4)
     for state, row in zip(STATES, out):
         for step in row:
-            ref = direct_logprobs(hf_target, hf_target.prompt(state), step.text)
+            ref = direct_logprobs(hf_target, hf_target.prompt(state), step.scored_text)
             assert len(ref) == step.num_tokens
             assert max((abs(a - b) for a, b in zip(ref, step.logprobs)), default=0.0) < 1e-4
 
@@ -154,9 +155,9 @@ def test_score_matches_direct_forward_and_generation(hf_draft):
     out = hf_draft.generate(STATES, 4, stop=STOP, max_tokens=16, temperature=1.0, seed=5)
     states = [s for s, row in zip(STATES, out) for _ in row]
     steps = flat(out)
-    scores = hf_draft.score(states, [s.text for s in steps])
+    scores = hf_draft.score(states, [s.scored_text for s in steps])
     for state, step, score in zip(states, steps, scores):
-        ref = direct_logprobs(hf_draft, hf_draft.prompt(state), step.text)
+        ref = direct_logprobs(hf_draft, hf_draft.prompt(state), step.scored_text)
         assert len(score) == len(ref) == step.num_tokens
         assert max((abs(a - b) for a, b in zip(score, ref)), default=0.0) < 1e-4
         assert max((abs(a - b) for a, b in zip(score, step.logprobs)), default=0.0) < 1e-4

@@ -126,9 +126,9 @@ else:
         for step in flat(out):
             reasons.add(step.finish_reason)
             assert "\n\n" not in step.text
-            assert vllm_draft.tokenizer.decode(step.token_ids) == step.text
-            if step.finish_reason == "stop":  # the two "\n" were decoded, not kept
-                assert step.num_generated == step.num_tokens + 2
+            assert vllm_draft.tokenizer.decode(step.token_ids) == step.scored_text
+            if step.finish_reason == "stop":  # the two "\n" belong to the step event
+                assert step.end == "\n\n" and step.num_generated == step.num_tokens
             elif step.finish_reason == "eos":  # the EOS token was decoded, not kept
                 assert step.num_generated == step.num_tokens + 1
             else:
@@ -140,7 +140,7 @@ else:
     def test_generation_logprobs_equal_scoring_logprobs(vllm_draft):
         out = vllm_draft.generate(STATES, 4, stop=STOP, max_tokens=24, temperature=0.8, seed=2)
         states = [s for s, row in zip(STATES, out) for _ in row]
-        scores = vllm_draft.score(states, [s.text for s in flat(out)])
+        scores = vllm_draft.score(states, [s.scored_text for s in flat(out)])
         for step, score in zip(flat(out), scores):
             assert len(score) == step.num_tokens
             assert max_diff(score, step.logprobs) < 1e-4

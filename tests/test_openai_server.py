@@ -371,13 +371,13 @@ def test_generation_honours_stop_strings(remote, tiny):
                 assert step.finish_reason in FINISH_REASONS
                 assert not any(s in step.text for s in stop), (stop, step)
                 assert len(step.token_ids) == len(step.logprobs) and all(lp <= 0 for lp in step.logprobs)
-                assert tok.decode(list(step.token_ids), skip_special_tokens=True) == step.text
+                assert tok.decode(list(step.token_ids), skip_special_tokens=True) == step.scored_text
                 if step.finish_reason == "length":
                     assert step.num_tokens == step.num_generated == 24
                 elif step.finish_reason == "eos":
                     assert step.num_generated == step.num_tokens + 1
-                else:  # the stop string's tokens were decoded but are not in the step
-                    assert step.num_generated > step.num_tokens
+                else:  # the stop string's tokens belong to the step event
+                    assert step.end in stop and step.num_generated == step.num_tokens
     assert {"stop", "length"} <= seen
     # EOS: long samples without stop strings end with the end token now and then
     out = lm.generate([STATES[0]], 32, stop=[], max_tokens=200, temperature=1.0, seed=0)
@@ -407,8 +407,8 @@ def test_scoring_matches_hf_and_generation(remote, hf):
     # generation log-probs are the scoring log-probs of the same tokens
     out = lm.generate(STATES, 4, stop=["\n\n"], max_tokens=24, temperature=0.7, seed=5)
     pairs = [(st, s) for st, row in zip(STATES, out) for s in row if s.text]
-    for (st, s), lps in zip(pairs, lm.score([st for st, _ in pairs], [s.text for _, s in pairs])):
-        assert list(s.token_ids) == encode(lm.tokenizer, s.text)
+    for (st, s), lps in zip(pairs, lm.score([st for st, _ in pairs], [s.scored_text for _, s in pairs])):
+        assert list(s.token_ids) == encode(lm.tokenizer, s.scored_text)
         assert max(abs(x - y) for x, y in zip(lps, s.logprobs)) < 1e-4
 
 

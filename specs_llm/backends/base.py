@@ -53,19 +53,26 @@ class State:
 class Step:
     """One generated reasoning step.
 
-    text: the step text, without the stop delimiter.
-    token_ids: the generated token ids (without the delimiter's tokens when
-      the backend can separate them; the count is what latency is charged for).
+    text: the step text, without the stop string that ended it.
+    token_ids: the generated token ids of ``text + end``: every token decoded
+      but a final EOS. The stop string's tokens are kept because a merging
+      tokenizer may write the step's last characters and the delimiter as one
+      token (".\n\n"), so the step cannot be cut from its delimiter at a token
+      boundary; the step *event* is "this text, then the delimiter".
     logprobs: per-token log-probabilities under the generating model (nats),
       one per token in ``token_ids``.
     finish_reason: one of FINISH_REASONS.
+    num_generated: tokens actually decoded (the EOS included; -1: same as
+      ``len(token_ids)``); what latency is charged for.
+    end: the stop string that ended the step ("stop"), else "".
     """
 
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     finish_reason: str
-    num_generated: int = field(default=-1)  # tokens actually decoded (>= len(token_ids)); -1: same
+    num_generated: int = field(default=-1)
+    end: str = ""
 
     def __post_init__(self):
         if self.finish_reason not in FINISH_REASONS:
@@ -74,6 +81,8 @@ class Step:
             raise ValueError(
                 f"token_ids and logprobs differ in length ({len(self.token_ids)} vs {len(self.logprobs)})"
             )
+        if self.end and self.finish_reason != "stop":
+            raise ValueError(f"only a step that finished with 'stop' has an end string, got {self.end!r}")
         if self.num_generated < 0:
             object.__setattr__(self, "num_generated", len(self.token_ids))
 
@@ -82,8 +91,15 @@ class Step:
         return len(self.token_ids)
 
     @property
+    def scored_text(self) -> str:
+        """``text + end``: the text whose log-probability `logprob` is. Another
+        model scoring this step (`LanguageModel.score`) is given this text, so
+        both models judge the same event with the same tokens."""
+        return self.text + self.end
+
+    @property
     def logprob(self) -> float:
-        """Log-probability of the whole step (sum over tokens, nats)."""
+        """Log-probability of the step event (sum over its tokens, nats)."""
         return float(sum(self.logprobs))
 
     @property
@@ -128,8 +144,11 @@ class LanguageModel(Protocol):
         """Per-token log-probabilities (nats) of ``steps[i]`` continuing ``states[i]``.
 
         Returns one list per pair; its sum is log p(step | state) under this
-        model. Tokenisation is this model's own (text-level scoring), so a
-        draft and a target with different tokenizers still compose.
+        model. ``steps[i]`` is a text (a sampled step's `Step.scored_text`, its
+        delimiter included), tokenised on its own with this model's tokenizer
+        and appended to the prompt's tokens (text-level scoring), so a draft
+        and a target with different tokenizers still compose, and a model
+        scoring its own sample gets the sample's log-probs back.
         """
         ...
 

