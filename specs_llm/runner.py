@@ -59,7 +59,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from .recipes import BackendSpec, ModelSpec, Recipe, Setting, load_recipe, resolve_model_path
 
@@ -70,6 +70,9 @@ __all__ = [
     "record_key",
     "run_recipe",
     "recipe_models",
+    "recipe_problems",
+    "RecipeProblem",
+    "recipe_mdp",
     "clear_model_cache",
     "environment_info",
 ]
@@ -223,7 +226,8 @@ def _load_one(backend: BackendSpec, role: str, step_delimiter: str):
     return model
 
 
-def _load_mdp(backend: BackendSpec):
+def recipe_mdp(backend: BackendSpec):
+    """(mdp, draft, target, prm) of an mdp backend, built once per process."""
     cache_key = json.dumps({"kind": "mdp", "mdp": dict(backend.mdp)}, sort_keys=True)
     if cache_key not in _LOADED:
         import jax
@@ -254,7 +258,7 @@ def recipe_models(recipe: Recipe, setting: Setting):
     from .search import Models
 
     if recipe.backend.kind == "mdp":
-        _, draft, target, prm = _load_mdp(recipe.backend)
+        _, draft, target, prm = recipe_mdp(recipe.backend)
         return Models(draft, target, prm)
     need = _roles_needed(setting)
     delim = setting.config.step_delimiter
@@ -266,7 +270,7 @@ def _ledger(recipe: Recipe):
     from .timing import Ledger
 
     if recipe.backend.kind == "mdp" and recipe.backend.mdp.get("cost_model") == "paper":
-        from .synthetic import CostModel
+        from .timing import CostModel
 
         return Ledger(cost_model=CostModel.paper(tokens_per_block=recipe.backend.mdp["tokens_per_block"]))
     return Ledger()
@@ -306,14 +310,16 @@ def environment_info() -> dict:
 # problems
 
 
-class _Problem:
-    __slots__ = ("dataset", "id", "problem", "answer")
+class RecipeProblem(NamedTuple):
+    """One problem of a recipe's datasets (``answer`` None for the synthetic MDP problems)."""
 
-    def __init__(self, dataset, id, problem, answer):
-        self.dataset, self.id, self.problem, self.answer = dataset, id, problem, answer
+    dataset: str
+    id: str
+    problem: str
+    answer: str | None
 
 
-def _problems(recipe: Recipe, limit: int | None, wanted: Iterable[str] | None) -> list[_Problem]:
+def recipe_problems(recipe: Recipe, limit: int | None, wanted: Iterable[str] | None) -> list[RecipeProblem]:
     from .data import load_problems
 
     out = []
@@ -321,11 +327,11 @@ def _problems(recipe: Recipe, limit: int | None, wanted: Iterable[str] | None) -
         n = limit if limit is not None else (d.limit if d.limit is not None else recipe.limit)
         if d.name == "synthetic":
             size = n if n is not None else d.limit
-            out += [_Problem("synthetic", f"synthetic-{i}", f"synthetic problem {i}", None) for i in range(size)]
+            out += [RecipeProblem("synthetic", f"synthetic-{i}", f"synthetic problem {i}", None) for i in range(size)]
             continue
         kwargs = {"field_map": d.field_map} if d.field_map is not None else {}
         for p in load_problems(d.name, limit=n, ids=d.ids, **kwargs):
-            out.append(_Problem(d.name, p.id, p.problem, p.answer))
+            out.append(RecipeProblem(d.name, p.id, p.problem, p.answer))
     if wanted is not None:
         wanted = [str(w) for w in wanted]
         match = [p for p in out if p.id in wanted or f"{p.dataset}:{p.id}" in wanted]
@@ -341,7 +347,7 @@ def _problems(recipe: Recipe, limit: int | None, wanted: Iterable[str] | None) -
 # records
 
 
-def _record(problem: _Problem, setting: Setting, seed: int, result, *, grade, reward, batch_wall, batch_size,
+def _record(problem: RecipeProblem, setting: Setting, seed: int, result, *, grade, reward, batch_wall, batch_size,
             save_text: bool) -> dict:
     timing = result.timing or {}
     models = {m: {"tokens": v["tokens"], "seconds": v["seconds"], "calls": v["calls"]}
@@ -403,7 +409,7 @@ def _mdp_reward(recipe: Recipe, result) -> dict | None:
         return None
     from .backends.mdp import parse_blocks, sequence_index
 
-    mdp = _load_mdp(recipe.backend)[0]
+    mdp = recipe_mdp(recipe.backend)[0]
     blocks = parse_blocks([s.text for s in result.steps], mdp.K)
     if len(blocks) != mdp.H:
         return {"value": None, "normalised": 0.0, "note": f"response has {len(blocks)} of {mdp.H} blocks"}
@@ -489,7 +495,7 @@ def run_recipe(
     recipe = load_recipe(recipe_path)
     out = Path(out_dir if out_dir is not None else (recipe.output.dir or Path("runs") / recipe.name))
     out.mkdir(parents=True, exist_ok=True)
-    todo_problems = _problems(recipe, limit, problems)
+    todo_problems = recipe_problems(recipe, limit, problems)
     settings = recipe.settings()
     results = ResultsFile(out / "results.jsonl")
     with _exclusive(out):

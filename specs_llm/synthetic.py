@@ -4,26 +4,8 @@ Both run the real search loop (`specs_llm.search.run_search`) on the MDP
 backend (`specs_llm.backends.mdp`), so what they measure is what the LLM
 runner does; only the clock is replaced by a latency cost model.
 
-Latency cost model (`CostModel.paper`), from the paper's model sizes (draft
-Qwen2.5-Math-1.5B, target Qwen2.5-Math-7B, PRM Skywork-o1-Open-PRM 7B):
-
-- decoding is memory-bound: each generated token reads every weight once, so
-  its time is proportional to the parameter count. With bf16 weights (2
-  bytes per parameter) and ~1 TB/s effective memory bandwidth that is
-  2 ms per billion parameters per token:
-  target (7B) 14 ms/token, draft (1.5B) 3 ms/token;
-- scoring is a prefill (all tokens of a candidate in one forward pass,
-  compute-bound), taken as 1/10 of the decode time per token:
-  target scoring 1.4 ms/token, PRM scoring (7B) 1.4 ms/token;
-- selection (the loop's own work) costs 0.
-
-Each call is charged ``seconds = cost_per_token[model, phase] * tokens`` for
-the tokens a problem contributed (`specs_llm.timing.Ledger`), so n candidates
-cost n times one: the throughput-bound regime of a busy server. The opposite
-extreme, a memory-bound GPU decoding all n candidates of a problem in
-parallel for the price of one (``CostModel.paper(parallel_decode=True)``:
-a generation call costs ``decode * tokens_per_block`` per problem), is
-reported beside it in `synthetic_pareto` from the same runs.
+The latency cost model is `specs_llm.timing.CostModel.paper` (the paper's
+model sizes; derivation in `specs_llm.timing`).
 
 An MDP block stands for a reasoning step of ``tokens_per_block`` tokens.
 """
@@ -35,7 +17,6 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -43,75 +24,9 @@ import numpy as np
 
 from .backends.base import State
 from .config import SearchConfig
+from .timing import CostModel
 
-__all__ = ["CostModel", "synthetic_pareto", "fig2b", "rollout", "matched_latency_ratio"]
-
-# decode seconds per token per billion parameters (bf16 weights, ~1 TB/s effective bandwidth)
-DECODE_S_PER_BILLION = 2e-3
-PREFILL_RATIO = 0.1
-PAPER_PARAMS_B = {"draft": 1.5, "target": 7.0, "prm": 7.0}
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """Seconds charged for a call: ``(model, phase, tokens) -> seconds``.
-
-    decode_s_per_token: draft / target generation, seconds per generated token.
-    prefill_s_per_token: target scoring / PRM scoring, seconds per scored token.
-    parallel_decode: charge a generation call ``decode * tokens_per_block``
-      per problem whatever the number of candidates (all decoded at once).
-    """
-
-    draft_decode: float
-    target_decode: float
-    target_prefill: float
-    prm_prefill: float
-    parallel_decode: bool = False
-    tokens_per_block: int = 1
-
-    @classmethod
-    def paper(cls, *, parallel_decode: bool = False, tokens_per_block: int = 1) -> "CostModel":
-        """The defaults derived in the module docstring (14 / 3 / 1.4 / 1.4 ms per token)."""
-        d = DECODE_S_PER_BILLION
-        return cls(
-            draft_decode=d * PAPER_PARAMS_B["draft"],
-            target_decode=d * PAPER_PARAMS_B["target"],
-            target_prefill=PREFILL_RATIO * d * PAPER_PARAMS_B["target"],
-            prm_prefill=PREFILL_RATIO * d * PAPER_PARAMS_B["prm"],
-            parallel_decode=parallel_decode,
-            tokens_per_block=tokens_per_block,
-        )
-
-    def __call__(self, model: str, phase: str, tokens: int) -> float:
-        if phase in ("draft_generation", "target_generation"):
-            rate = self.draft_decode if phase == "draft_generation" else self.target_decode
-            if self.parallel_decode:
-                return rate * self.tokens_per_block if tokens > 0 else 0.0
-            return rate * tokens
-        if phase == "target_scoring":
-            return self.target_prefill * tokens
-        if phase == "prm_scoring":
-            return self.prm_prefill * tokens
-        return 0.0
-
-    def describe(self) -> dict:
-        return {
-            "seconds_per_token": {
-                "draft_generation": self.draft_decode, "target_generation": self.target_decode,
-                "target_scoring": self.target_prefill, "prm_scoring": self.prm_prefill, "selection": 0.0,
-            },
-            "parallel_decode": self.parallel_decode,
-            "tokens_per_block": self.tokens_per_block,
-            "derivation": (
-                f"decode is memory-bound: {DECODE_S_PER_BILLION * 1e3:g} ms per billion parameters per token "
-                f"(bf16 weights, ~1 TB/s); draft {PAPER_PARAMS_B['draft']}B, target {PAPER_PARAMS_B['target']}B, "
-                f"PRM {PAPER_PARAMS_B['prm']}B (the paper's Qwen2.5-Math-1.5B/7B and Skywork-o1-Open-PRM 7B); "
-                f"scoring (prefill) = {PREFILL_RATIO:g} x decode per token"
-                + ("; candidates of one call decoded in parallel (one block's tokens charged)"
-                   if self.parallel_decode else "; every generated token charged (n candidates cost n times one)")
-            ),
-        }
-
+__all__ = ["synthetic_pareto", "fig2b", "rollout", "matched_latency_ratio"]
 
 # ---------------------------------------------------------------------------
 # Pareto curve
@@ -509,20 +424,20 @@ def _mdp_fig2b_setup(quick: bool, seed: int, limit: int | None) -> dict:
 def _recipe_fig2b_setup(recipe_path, quick: bool, limit: int | None) -> dict:
     from .grading import Grader
     from .recipes import load_recipe
-    from .runner import _problems, recipe_models
+    from .runner import recipe_models, recipe_problems
 
     recipe = load_recipe(recipe_path)
     setting = recipe.settings()[0]
     spec = dataclasses.replace(setting, config=setting.config.replace(strategy="specs"))  # all three models
     draft, target, prm = recipe_models(recipe, spec)
     first = dataclasses.replace(recipe, datasets=recipe.datasets[:1])
-    problems = _problems(first, limit if limit is not None else (2 if quick else None), None)
+    problems = recipe_problems(first, limit if limit is not None else (2 if quick else None), None)
     c = setting.config
     if recipe.backend.kind == "mdp":
-        from .runner import _load_mdp
+        from .runner import recipe_mdp
         from .backends.mdp import parse_blocks, sequence_index
 
-        mdp = _load_mdp(recipe.backend)[0]
+        mdp = recipe_mdp(recipe.backend)[0]
         outcome = lambda i, st: float(mdp.reward[sequence_index(parse_blocks(st.steps, mdp.K), mdp.K)]) / float(mdp.reward_range)  # noqa: E731
         label, close = "terminal reward / R", (lambda: None)
     else:

@@ -11,6 +11,29 @@ call. The search loop's own overhead is the run's wall time minus the time
 spent inside recorded calls.
 
 Units: seconds (wall clock, `time.perf_counter`), tokens (integers).
+
+A latency cost model (`CostModel`) can replace the clock: the synthetic MDP
+experiments (`specs_llm.synthetic`) charge `CostModel.paper`, derived from
+the paper's model sizes (draft Qwen2.5-Math-1.5B, target Qwen2.5-Math-7B,
+PRM Skywork-o1-Open-PRM 7B):
+
+- decoding is memory-bound: each generated token reads every weight once, so
+  its time is proportional to the parameter count. With bf16 weights (2
+  bytes per parameter) and ~1 TB/s effective memory bandwidth that is
+  2 ms per billion parameters per token:
+  target (7B) 14 ms/token, draft (1.5B) 3 ms/token;
+- scoring is a prefill (all tokens of a candidate in one forward pass,
+  compute-bound), taken as 1/10 of the decode time per token:
+  target scoring 1.4 ms/token, PRM scoring (7B) 1.4 ms/token;
+- selection (the loop's own work) costs 0.
+
+Each call is charged ``seconds = cost_per_token[model, phase] * tokens`` for
+the tokens a problem contributed (`Ledger`), so n candidates
+cost n times one: the throughput-bound regime of a busy server. The opposite
+extreme, a memory-bound GPU decoding all n candidates of a problem in
+parallel for the price of one (``CostModel.paper(parallel_decode=True)``:
+a generation call costs ``decode * tokens_per_block`` per problem), is
+reported beside it in `synthetic_pareto` from the same runs.
 """
 
 from __future__ import annotations
@@ -21,7 +44,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["MODELS", "PHASES", "Ledger", "Call"]
+__all__ = ["MODELS", "PHASES", "Ledger", "Call", "CostModel"]
 
 MODELS = ("draft", "target", "prm", "loop")
 PHASES = (
@@ -150,4 +173,71 @@ class Ledger:
             "seconds": sum(longest.values()),
             "by_model": {m: dict(by_model[m]) for m in MODELS if m in by_model},
             "by_phase": {p: dict(by_phase[p]) for p in PHASES if p in by_phase},
+        }
+
+
+# decode seconds per token per billion parameters (bf16 weights, ~1 TB/s effective bandwidth)
+DECODE_S_PER_BILLION = 2e-3
+PREFILL_RATIO = 0.1
+PAPER_PARAMS_B = {"draft": 1.5, "target": 7.0, "prm": 7.0}
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds charged for a call: ``(model, phase, tokens) -> seconds``.
+
+    decode_s_per_token: draft / target generation, seconds per generated token.
+    prefill_s_per_token: target scoring / PRM scoring, seconds per scored token.
+    parallel_decode: charge a generation call ``decode * tokens_per_block``
+      per problem whatever the number of candidates (all decoded at once).
+    """
+
+    draft_decode: float
+    target_decode: float
+    target_prefill: float
+    prm_prefill: float
+    parallel_decode: bool = False
+    tokens_per_block: int = 1
+
+    @classmethod
+    def paper(cls, *, parallel_decode: bool = False, tokens_per_block: int = 1) -> "CostModel":
+        """The defaults derived in the module docstring (14 / 3 / 1.4 / 1.4 ms per token)."""
+        d = DECODE_S_PER_BILLION
+        return cls(
+            draft_decode=d * PAPER_PARAMS_B["draft"],
+            target_decode=d * PAPER_PARAMS_B["target"],
+            target_prefill=PREFILL_RATIO * d * PAPER_PARAMS_B["target"],
+            prm_prefill=PREFILL_RATIO * d * PAPER_PARAMS_B["prm"],
+            parallel_decode=parallel_decode,
+            tokens_per_block=tokens_per_block,
+        )
+
+    def __call__(self, model: str, phase: str, tokens: int) -> float:
+        if phase in ("draft_generation", "target_generation"):
+            rate = self.draft_decode if phase == "draft_generation" else self.target_decode
+            if self.parallel_decode:
+                return rate * self.tokens_per_block if tokens > 0 else 0.0
+            return rate * tokens
+        if phase == "target_scoring":
+            return self.target_prefill * tokens
+        if phase == "prm_scoring":
+            return self.prm_prefill * tokens
+        return 0.0
+
+    def describe(self) -> dict:
+        return {
+            "seconds_per_token": {
+                "draft_generation": self.draft_decode, "target_generation": self.target_decode,
+                "target_scoring": self.target_prefill, "prm_scoring": self.prm_prefill, "selection": 0.0,
+            },
+            "parallel_decode": self.parallel_decode,
+            "tokens_per_block": self.tokens_per_block,
+            "derivation": (
+                f"decode is memory-bound: {DECODE_S_PER_BILLION * 1e3:g} ms per billion parameters per token "
+                f"(bf16 weights, ~1 TB/s); draft {PAPER_PARAMS_B['draft']}B, target {PAPER_PARAMS_B['target']}B, "
+                f"PRM {PAPER_PARAMS_B['prm']}B (the paper's Qwen2.5-Math-1.5B/7B and Skywork-o1-Open-PRM 7B); "
+                f"scoring (prefill) = {PREFILL_RATIO:g} x decode per token"
+                + ("; candidates of one call decoded in parallel (one block's tokens charged)"
+                   if self.parallel_decode else "; every generated token charged (n candidates cost n times one)")
+            ),
         }

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from specs_llm.synthetic import CostModel, fig2b, matched_latency_ratio, synthetic_pareto
-from specs_llm.timing import Ledger
+from specs_llm.synthetic import fig2b, matched_latency_ratio, synthetic_pareto
+from specs_llm.timing import CostModel, Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 
