@@ -33,7 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-__all__ = ["PHASES", "load_records", "summarize", "pareto_front", "make_report"]
+__all__ = ["PHASES", "load_records", "summarize", "pareto_front", "front_points", "matched_latency_ratio",
+           "accuracy_at_latency", "matched_comparison", "make_report"]
 
 PHASES = ("draft_generation", "target_scoring", "prm_scoring", "target_generation", "selection")
 _PHASE_LABELS = {
@@ -154,6 +155,63 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
         if not dominated:
             idx.append(i)
     return sorted(idx, key=lambda i: (points[i][0], -points[i][1]))
+
+
+def front_points(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The Pareto front of ``points`` (latency, accuracy), sorted by latency."""
+    return [tuple(points[i]) for i in pareto_front(points)]
+
+
+def matched_latency_ratio(front: Sequence[tuple[float, float]], latency: float, objective: float) -> float | None:
+    """Latency at which the front first reaches ``objective`` (linear interpolation
+    between front points), divided by ``latency``; None if never reached."""
+    front = list(front)
+    for i, (x, y) in enumerate(front):
+        if y >= objective:
+            if i == 0:
+                return x / latency
+            x0, y0 = front[i - 1]
+            return (x0 + (x - x0) * (objective - y0) / (y - y0)) / latency
+    return None
+
+
+def accuracy_at_latency(front: Sequence[tuple[float, float]], latency: float) -> float | None:
+    """The front's accuracy at ``latency`` (linear interpolation between front
+    points, flat after the last); None below the front's fastest point."""
+    front = list(front)
+    if not front or latency < front[0][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(front, front[1:]):
+        if x0 <= latency <= x1:
+            return y0 + (y1 - y0) * (latency - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
+    return front[-1][1]
+
+
+def _is_target_beam(g: dict) -> bool:
+    return g["strategy"] == "beam" and g["setting"].get("generator", "target") == "target"
+
+
+def matched_comparison(groups: list[dict]) -> list[dict]:
+    """SPECS against target beam search, per dataset: for each target beam search
+    point, the latency SPECS's front needs for the same accuracy (as a ratio to
+    the beam's latency), and the accuracy SPECS's front reaches at the beam's
+    latency (and its difference to the beam's)."""
+    out = []
+    for dataset in dict.fromkeys(g["dataset"] for g in groups):
+        mine = [g for g in groups if g["dataset"] == dataset and g["accuracy"] is not None
+                and g["latency_mean"] is not None]
+        front = front_points([(g["latency_mean"], g["accuracy"]) for g in mine if g["strategy"] == "specs"])
+        if not front:
+            continue
+        for g in sorted((g for g in mine if _is_target_beam(g)), key=lambda g: g["latency_mean"]):
+            acc = accuracy_at_latency(front, g["latency_mean"])
+            out.append({"dataset": dataset, "beam": _label(g), "beam_accuracy": g["accuracy"],
+                        "beam_latency_s": g["latency_mean"],
+                        "specs_latency_ratio_at_matched_accuracy": matched_latency_ratio(
+                            front, g["latency_mean"], g["accuracy"]),
+                        "specs_accuracy_at_matched_latency": acc,
+                        "accuracy_difference": None if acc is None else acc - g["accuracy"]})
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -299,7 +357,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _write_tables(groups: list[dict], md: Path, csv_path: Path) -> None:
+def _write_tables(groups: list[dict], md: Path, csv_path: Path, matched: list[dict]) -> None:
     rows = _rows(groups)
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=_COLUMNS)
@@ -315,6 +373,17 @@ def _write_tables(groups: list[dict], md: Path, csv_path: Path) -> None:
         "reward / R); *_std: standard deviation over seeds; latency: seconds per query (sum of the model "
         "calls the problem waited on); tokens: mean per query; errors: failed model calls (not graded).",
     ]
+    if matched:
+        notes += ["", "## SPECS vs target beam search", "",
+                  "| dataset | target beam search | its accuracy | its latency (s) | SPECS latency at matched accuracy "
+                  "/ its latency | SPECS accuracy at matched latency | difference |", "|---|---|---|---|---|---|---|"]
+        for m in matched:
+            notes.append("| " + " | ".join(_fmt(m[k]) for k in (
+                "dataset", "beam", "beam_accuracy", "beam_latency_s", "specs_latency_ratio_at_matched_accuracy",
+                "specs_accuracy_at_matched_latency", "accuracy_difference")) + " |")
+        notes += ["", "From the Pareto front of every SPECS setting (linear interpolation between its points): a "
+                      "latency ratio below 1 means SPECS reaches the beam's accuracy faster; none: SPECS never "
+                      "reaches it, or is never that fast."]
     md.write_text("\n".join(lines + notes) + "\n", encoding="utf-8")
 
 
@@ -352,6 +421,7 @@ def make_report(dirs: Sequence[str | Path] | str | Path, out_dir: str | Path) ->
     _plot_accuracy_latency(groups, paths[0])
     _plot_breakdown(groups, paths[1])
     _plot_deferrals(groups, paths[2])
-    _write_tables(groups, paths[3], paths[4])
+    summary["matched"] = matched_comparison(groups)
+    _write_tables(groups, paths[3], paths[4], summary["matched"])
     paths[5].write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return paths

@@ -24,9 +24,10 @@ import numpy as np
 
 from .backends.base import State
 from .config import SearchConfig
+from .report import front_points, matched_latency_ratio
 from .timing import CostModel
 
-__all__ = ["synthetic_pareto", "fig2b", "rollout", "matched_latency_ratio"]
+__all__ = ["synthetic_pareto", "fig2b", "rollout"]
 
 # ---------------------------------------------------------------------------
 # Pareto curve
@@ -96,30 +97,6 @@ def _exact(mdp, method: str, config: SearchConfig):
     if not (math.isfinite(mean) and math.isfinite(J)):
         raise FloatingPointError(f"the exact law of {method} (n={config.n}) is not finite")
     return mean, J
-
-
-def _frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Upper-left Pareto front (latency, objective), sorted by latency."""
-    pts = sorted(points, key=lambda p: (p[0], -p[1]))
-    front, best = [], -math.inf
-    for x, y in pts:
-        if y > best:
-            front.append((x, y))
-            best = y
-    return front
-
-
-def matched_latency_ratio(front: Sequence[tuple[float, float]], latency: float, objective: float) -> float | None:
-    """Latency at which the front first reaches ``objective`` (linear interpolation
-    between front points), divided by ``latency``; None if never reached."""
-    front = list(front)
-    for i, (x, y) in enumerate(front):
-        if y >= objective:
-            if i == 0:
-                return x / latency
-            x0, y0 = front[i - 1]
-            return (x0 + (x - x0) * (objective - y0) / (y - y0)) / latency
-    return None
 
 
 def synthetic_pareto(
@@ -222,7 +199,7 @@ def synthetic_pareto(
 
 def _matched(rows: list[dict], latency_key: str) -> dict:
     """SPECS's latency at matched objective relative to each target beam search point."""
-    specs_front = _frontier([(r[latency_key], r["objective"]) for r in rows if r["method"] == "SPECS"])
+    specs_front = front_points([(r[latency_key], r["objective"]) for r in rows if r["method"] == "SPECS"])
     per_n = []
     for r in sorted((r for r in rows if r["method"] == "target beam search"), key=lambda r: r["n"]):
         ratio = matched_latency_ratio(specs_front, r[latency_key], r["objective"])
@@ -262,7 +239,7 @@ def _write_pareto(out: Path, result: dict) -> None:
             if not pts:
                 continue
             ax.scatter([r[xk] for r in pts], [r[yk] for r in pts], color=color, marker=marker, s=22, alpha=0.45)
-            front = _frontier([(r[xk], r[yk]) for r in pts])
+            front = front_points([(r[xk], r[yk]) for r in pts])
             ax.plot([p[0] for p in front], [p[1] for p in front], color=color, marker=marker, lw=1.6, ms=6,
                     label=f"{method} (Pareto front)")
         ax.set_xscale("log")

@@ -15,7 +15,7 @@ UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 # -- shipped datasets -------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, rows", [("math500", 500), ("amc23", 40), ("olympiadbench", 675)])
+@pytest.mark.parametrize("name, rows", [("math500", 500), ("amc23", 40), ("olympiadbench", 675), ("testbed", 500)])
 def test_shipped_dataset_loads_every_row_with_unique_ids(name, rows):
     problems = load_problems(name)
     assert len(problems) == rows
@@ -31,9 +31,11 @@ def test_shipped_dataset_loads_every_row_with_unique_ids(name, rows):
 
 
 def test_datasets_names_and_package_files():
-    assert DATASETS == ("math500", "amc23", "olympiadbench")
-    for name in DATASETS:
+    assert DATASETS == ("math500", "amc23", "olympiadbench", "testbed")
+    for name in DATASETS[:3]:
         assert resources.files("specs_llm").joinpath("data", f"{name}.jsonl").is_file()
+    # the testbed's held-out split lies beside its shipped models
+    assert resources.files("specs_llm").joinpath("testbed", "weights", "heldout.jsonl").is_file()
 
 
 def test_math500_ids_are_row_indices_and_meta_keeps_other_fields():

@@ -48,7 +48,7 @@ def test_make_report_draws_plots_and_tables(run_dir, tmp_path):
         assert r["seeds"] == "2" and r["ok"] == "12" and r["errors"] == "0"
         assert 0 <= float(r["accuracy"]) <= 1 and float(r["latency_mean_s"]) > 0
     md = (tmp_path / "report" / "table.md").read_text()
-    assert md.startswith("| dataset | method |") and md.count("\n| synthetic |") == 4
+    assert md.startswith("| dataset | method |") and md.split("\n## ")[0].count("\n| synthetic |") == 4
 
 
 def test_summary_aggregates_over_seeds(run_dir):
@@ -100,3 +100,26 @@ def test_pareto_front():
 def test_missing_results_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.jsonl"):
         make_report([tmp_path], tmp_path / "out")
+
+
+def test_matched_latency_and_accuracy_on_a_front():
+    from specs_llm.report import accuracy_at_latency, front_points, matched_latency_ratio
+
+    front = front_points([(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (4.0, 0.9)])
+    assert front == [(1.0, 0.5), (2.0, 0.7), (4.0, 0.9)]  # (3, 0.6) is dominated
+    assert accuracy_at_latency(front, 0.5) is None  # faster than any point
+    assert accuracy_at_latency(front, 3.0) == pytest.approx(0.8)
+    assert accuracy_at_latency(front, 9.0) == pytest.approx(0.9)
+    assert matched_latency_ratio(front, 6.0, 0.8) == pytest.approx(3.0 / 6.0)
+    assert matched_latency_ratio(front, 6.0, 0.95) is None
+
+
+def test_report_compares_specs_with_target_beam_search(run_dir, tmp_path):
+    make_report([run_dir], tmp_path / "r")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    beams = [g for g in summary["groups"] if g["method"] == "target_beam"]
+    assert [m["beam"] for m in summary["matched"]] == [g["label"] for g in sorted(beams, key=lambda g: g["latency_mean"])]
+    for m in summary["matched"]:
+        if m["specs_accuracy_at_matched_latency"] is not None:
+            assert m["accuracy_difference"] == pytest.approx(m["specs_accuracy_at_matched_latency"] - m["beam_accuracy"])
+    assert "## SPECS vs target beam search" in (tmp_path / "r" / "table.md").read_text()

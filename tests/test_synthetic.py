@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from specs_llm.synthetic import fig2b, matched_latency_ratio, synthetic_pareto
+from specs_llm.report import matched_latency_ratio
+from specs_llm.synthetic import fig2b, synthetic_pareto
 from specs_llm.timing import CostModel, Ledger
 
 ROOT = Path(__file__).resolve().parent.parent

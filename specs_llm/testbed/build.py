@@ -11,7 +11,8 @@ The pipeline (`build`), every part seeded by ``BuildSpec.seed``:
 3. sample solutions to fresh training problems from the draft and the target
    with the project's own HF backend (whole responses, sampling temperature
    ``prm_temperature``), label every step with `task.check_steps`
-   (``prefix_correct``: this step and all before it are right);
+   (``correct``: the step is right given the steps before it, the issue's
+   step-correctness; the PRM then ranks the candidate steps of one prefix);
 4. train the PRM, the target's body with a one-label value head (the
    Skywork-o1-Open-PRM convention), on those labels.
 
@@ -41,7 +42,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .task import Difficulty, check_steps, make_split, training_problems, write_jsonl
 from .train import Schedule, Shape
@@ -67,11 +67,11 @@ class BuildSpec:
     target: Shape = Shape(256, 4, 4, 1, 512)
     target_schedule: Schedule = Schedule(steps=600, lr=2e-3)
     draft: Shape = Shape(128, 2, 2, 1, 256)
-    draft_schedule: Schedule = Schedule(steps=950, lr=3e-3)
+    draft_schedule: Schedule = Schedule(steps=1050, lr=3e-3)
     prm_problems: int = 1024  # training problems whose sampled solutions label the PRM
     prm_samples: tuple[int, int] = (2, 1)  # samples per problem from (draft, target)
     prm_temperature: float = 1.0
-    prm_schedule: Schedule = Schedule(steps=250, lr=5e-4, warmup=20)
+    prm_schedule: Schedule = Schedule(steps=300, lr=1e-3, warmup=20)
     max_new_tokens: int = 120
     dtype: str = "float16"
 
@@ -196,7 +196,7 @@ def build(out_dir: str | os.PathLike, spec: BuildSpec = BuildSpec(), *, progress
 
 def _labelled_samples(directory: Path, problems, spec: BuildSpec, log: _Log):
     """Whole solutions sampled by the saved draft and target (HF backend),
-    each step labelled ``prefix_correct``; the reference solutions are added
+    each step labelled `StepCheck.correct`; the reference solutions are added
     as all-correct examples."""
     from ..backends.base import State
     from ..backends.hf import HFLanguageModel
@@ -218,13 +218,13 @@ def _labelled_samples(directory: Path, problems, spec: BuildSpec, log: _Log):
                         if not steps:
                             continue
                         check = check_steps(p, steps)
-                        out.append((p.question, steps, list(check.prefix_correct)))
+                        out.append((p.question, steps, list(check.correct)))
                         solved += check.solved
                         steps_total += len(steps)
-                        steps_ok += sum(check.prefix_correct)
+                        steps_ok += sum(check.correct)
                 bar.update(len(rows) * n)
         stats[role] = {"samples": len(problems) * n, "solved": solved, "steps": steps_total,
-                       "steps_prefix_correct": steps_ok}
+                       "steps_correct": steps_ok}
         del lm
     random.Random(spec.seed).shuffle(out)
     return out, stats

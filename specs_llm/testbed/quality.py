@@ -6,9 +6,10 @@ the two things a run does not record:
 
 - `prm_auc`: sample whole solutions to held-out problems from the draft and
   the target (any backend), label each step with `task.check_steps`
-  (``prefix_correct``), score every prefix with the PRM, and compute the ROC
-  AUC of the step rewards against the labels (Mann-Whitney, ties counted
-  half);
+  (``correct``: right given the steps before it, what the PRM is trained on;
+  and ``prefix_correct``: it and every step before it right), score every
+  prefix with the PRM, and compute the ROC AUC of the step rewards against
+  the labels (Mann-Whitney, ties counted half);
 - `decode_cost`: seconds per generated token of the draft and the target,
   each generating ``n`` samples of ``tokens`` tokens for one prompt (EOS and
   stop strings ignored), best of ``repeats`` alternating calls after a
@@ -48,40 +49,43 @@ class LabelledSteps:
     """Sampled solutions cut into steps: the prefix states, their labels, and who wrote them."""
 
     states: list[State]  # one per step: the question and the steps up to and including it
-    labels: list[bool]  # prefix_correct of that step
+    labels: list[bool]  # `StepCheck.correct` of that step
+    prefix_labels: list[bool]  # `StepCheck.prefix_correct` of that step
     sources: list[str]  # "draft" or "target"
-    solved: dict  # role -> fraction of samples that were whole correct solutions
+
+    @classmethod
+    def of(cls, samples) -> "LabelledSteps":
+        """From ``(problem, response text, source)`` triples (responses cut at "\\n\\n")."""
+        states, labels, prefix, sources = [], [], [], []
+        for problem, text, source in samples:
+            steps = [t for t in text.split("\n\n") if t.strip()]
+            check = check_steps(problem, steps)
+            for i in range(len(steps)):
+                states.append(State(problem.question, tuple(steps[: i + 1])))
+                labels.append(check.correct[i])
+                prefix.append(check.prefix_correct[i])
+                sources.append(source)
+        return cls(states, labels, prefix, sources)
 
 
 def sample_labelled_steps(problems: Sequence[Problem], models: dict[str, LanguageModel], *, n: int = 1,
                           temperature: float = 0.7, max_tokens: int = 160, seed: int = 0) -> LabelledSteps:
-    """``n`` whole solutions per problem from each of ``models`` (role -> model),
-    cut at "\\n\\n", every step labelled by `check_steps`."""
-    states, labels, sources, solved = [], [], [], {}
+    """``n`` whole solutions per problem from each of ``models`` (role -> model), labelled."""
+    samples = []
     for role, lm in models.items():
         rows = lm.generate([State(p.question) for p in problems], n, stop=[], max_tokens=max_tokens,
                            temperature=temperature, seed=seed)
-        wins = 0
-        for p, samples in zip(problems, rows):
-            for s in samples:
-                steps = [t for t in s.text.split("\n\n") if t.strip()]
-                check = check_steps(p, steps)
-                wins += check.solved
-                for i, ok in enumerate(check.prefix_correct):
-                    states.append(State(p.question, tuple(steps[: i + 1])))
-                    labels.append(ok)
-                    sources.append(role)
-        solved[role] = wins / (len(problems) * n)
-    return LabelledSteps(states, labels, sources, solved)
+        samples += [(p, s.text, role) for p, row in zip(problems, rows) for s in row]
+    return LabelledSteps.of(samples)
 
 
 def prm_auc(prm: RewardModel, data: LabelledSteps, *, batch: int = 256) -> dict:
     """ROC AUC of the PRM's reward of each sampled step (its last reward) against the
-    step's label, over all steps and per source model; with the class counts."""
+    step's label, over all steps and per source model; and against ``prefix_correct``."""
     rewards = []
     for start in range(0, len(data.states), batch):
         rewards += [r[-1] for r in prm.rewards(data.states[start:start + batch])]
-    out = {"all": _auc_entry(rewards, data.labels)}
+    out = {"all": _auc_entry(rewards, data.labels), "all_prefix_labels": _auc_entry(rewards, data.prefix_labels)}
     for role in dict.fromkeys(data.sources):
         idx = [i for i, s in enumerate(data.sources) if s == role]
         out[role] = _auc_entry([rewards[i] for i in idx], [data.labels[i] for i in idx])
@@ -187,15 +191,8 @@ def evaluate(out_dir, *, backend: str = "vllm", limit: int = 500, seed: int = 0,
     by_method = {s.method: recipe_models(recipe, s) for s in recipe.settings()}
     draft, target, prm = by_method["draft_single"].draft, by_method["target_single"].target, by_method["target_single"].prm
     problems = {p.id: p for p in read_jsonl(heldout_path())}
-    states, labels, sources = [], [], []
-    for role, rows in texts.items():
-        for pid, text in rows:
-            steps = [t for t in text.split("\n\n") if t.strip()]
-            for i, ok in enumerate(check_steps(problems[pid], steps).prefix_correct):
-                states.append(State(problems[pid].question, tuple(steps[: i + 1])))
-                labels.append(ok)
-                sources.append(role)
-    auc = prm_auc(prm, LabelledSteps(states, labels, sources, {}))
+    data = LabelledSteps.of([(problems[pid], text, role) for role, rows in texts.items() for pid, text in rows])
+    auc = prm_auc(prm, data)
     cost = decode_cost(draft, target, State(next(iter(problems.values())).question))
 
     t, d = accuracy["target"]["accuracy"], accuracy["draft"]["accuracy"]
@@ -220,9 +217,10 @@ def format_report(report: dict) -> str:
     cost = report["decode_cost"]["seconds_per_token"]
     lines.append(f"decode: draft {cost['draft'] * 1e3:.3f} ms/token, target {cost['target'] * 1e3:.3f} ms/token "
                  f"(n = {report['decode_cost']['n']})")
-    for role in ("draft", "target"):
-        a = report["prm_auc"].get(role)
+    for key, what in (("draft", "draft steps"), ("target", "target steps"),
+                      ("all_prefix_labels", "all steps, prefix-correct labels")):
+        a = report["prm_auc"].get(key)
         if a:
             auc = "n/a" if a["auc"] is None else f"{a['auc']:.3f}"
-            lines.append(f"PRM AUC on {role} steps: {auc} ({a['positive']} correct / {a['negative']} wrong)")
+            lines.append(f"PRM AUC on {what}: {auc} ({a['positive']} correct / {a['negative']} wrong)")
     return "\n".join(lines)

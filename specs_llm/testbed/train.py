@@ -22,6 +22,7 @@ vLLM as they are), deterministic for a given seed on a given machine:
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -101,18 +102,35 @@ def new_lm(shape: Shape, tokenizer, seed: int):
         return Qwen2ForCausalLM(qwen2_config(shape, tokenizer))
 
 
-def prm_from_lm(lm, tokenizer):
-    """A one-label ``Qwen2ForTokenClassification`` with ``lm``'s body and a zero head (reward 0.5 everywhere)."""
+def prm_from_lm(lm, tokenizer, *, extra_layers: int = 0, seed: int = 0):
+    """A one-label ``Qwen2ForTokenClassification``: ``lm``'s body, then
+    ``extra_layers`` new layers that start as the identity (their output
+    projections are zero), and a zero head (reward 0.5 everywhere).
+
+    The extra layers give the PRM room to compare what the body predicted at
+    one position with the token that follows, which a body whose last layers
+    make the next-token prediction has no layer left for."""
     from transformers import Qwen2ForTokenClassification
 
     c = lm.config
-    shape = Shape(c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
-                  c.intermediate_size)
-    prm = Qwen2ForTokenClassification(qwen2_config(shape, tokenizer, kind="prm",
-                                                   max_positions=c.max_position_embeddings))
-    prm.model.load_state_dict(lm.model.state_dict())
+    shape = Shape(c.hidden_size, c.num_hidden_layers + extra_layers, c.num_attention_heads,
+                  c.num_key_value_heads, c.intermediate_size)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        prm = Qwen2ForTokenClassification(qwen2_config(shape, tokenizer, kind="prm",
+                                                       max_positions=c.max_position_embeddings))
+    body = lm.model.state_dict()
+    missing, unexpected = prm.model.load_state_dict(body, strict=False)
+    fresh = {f"layers.{i}." for i in range(c.num_hidden_layers, shape.layers)}
+    if unexpected or any(not any(k.startswith(f) for f in fresh) for k in missing):
+        raise RuntimeError(f"PRM body does not match the LM: missing {missing}, unexpected {unexpected}")
     with torch.no_grad():
+        for layer in prm.model.layers[c.num_hidden_layers:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
         prm.score.weight.zero_()
+        if prm.score.bias is not None:
+            prm.score.bias.zero_()
     return prm
 
 
@@ -205,7 +223,7 @@ def train_prm(model, tokenizer, examples: Sequence[tuple[list[int], list[int], l
             rows += [i] * len(pos)
             cols += pos
             target += lab
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=os.environ.get("PRM_FP32") != "1"):
             logits = model(input_ids=ids).logits[..., 0]
         picked = logits[torch.tensor(rows), torch.tensor(cols)].float()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(picked, torch.tensor(target))
