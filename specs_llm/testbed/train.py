@@ -22,7 +22,6 @@ vLLM as they are), deterministic for a given seed on a given machine:
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -40,6 +39,7 @@ __all__ = [
     "prm_from_lm",
     "lm_example",
     "train_lm",
+    "sample_accuracy",
     "prm_example",
     "train_prm",
 ]
@@ -174,9 +174,10 @@ def _update(model, opt, sched, loss) -> None:
 
 
 def train_lm(model, tokenizer, examples: Iterator[tuple[list[int], int]], schedule: Schedule, *,
-             on_step: Callable[[int, float], None] | None = None) -> list[float]:
+             on_step: Callable[[int, float], bool | None] | None = None) -> list[float]:
     """Train ``model`` in place on ``examples`` (`lm_example` outputs, drawn in order);
-    returns the loss of every step. ``on_step(step, loss)`` is called after each."""
+    returns the loss of every step. ``on_step(step, loss)`` is called after
+    each; training stops early when it returns True."""
     model.train()
     opt, sched = _optimizer(model, schedule)
     losses = []
@@ -187,10 +188,39 @@ def train_lm(model, tokenizer, examples: Iterator[tuple[list[int], int]], schedu
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
         _update(model, opt, sched, loss)
         losses.append(loss.item())
-        if on_step is not None:
-            on_step(step, losses[-1])
+        if on_step is not None and on_step(step, losses[-1]):
+            break
     model.eval()
     return losses
+
+
+@torch.no_grad()
+def sample_accuracy(model, tokenizer, problems, *, temperature: float, seed: int, max_new_tokens: int = 120,
+                    batch_size: int = 256) -> float:
+    """Fraction of ``problems`` (`task.Problem`) whose single sampled solution
+    from the in-memory ``model`` the checker marks solved (a fast check used
+    while training; the testbed's reported accuracies come from the runner)."""
+    from .task import check_steps
+
+    was_training = model.training
+    model.eval()
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    torch.manual_seed(seed)
+    solved = 0
+    try:
+        for start in range(0, len(problems), batch_size):
+            chunk = problems[start:start + batch_size]
+            enc = tokenizer([chat_prompt(tokenizer, State(p.question), "\n\n") for p in chunk],
+                            return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                                 top_p=1.0, top_k=0, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+            for p, ids in zip(chunk, out[:, enc.input_ids.shape[1]:]):
+                solved += check_steps(p, tokenizer.decode(ids, skip_special_tokens=True).split("\n\n")).solved
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return solved / len(problems)
 
 
 def prm_example(tokenizer, question: str, steps: Sequence[str], labels: Sequence[bool]) -> tuple[list[int], list[int], list[float]]:
@@ -223,7 +253,7 @@ def train_prm(model, tokenizer, examples: Sequence[tuple[list[int], list[int], l
             rows += [i] * len(pos)
             cols += pos
             target += lab
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=os.environ.get("PRM_FP32") != "1"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model(input_ids=ids).logits[..., 0]
         picked = logits[torch.tensor(rows), torch.tensor(cols)].float()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(picked, torch.tensor(target))
