@@ -26,7 +26,7 @@ from typing import Sequence
 from ..backends.base import LanguageModel, RewardModel, State
 from .task import Problem, check_steps
 
-__all__ = ["roc_auc", "LabelledSteps", "sample_labelled_steps", "prm_auc", "decode_cost"]
+__all__ = ["roc_auc", "LabelledSteps", "sample_labelled_steps", "prm_auc", "logprob_auc", "decode_cost"]
 
 
 def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
@@ -90,6 +90,21 @@ def prm_auc(prm: RewardModel, data: LabelledSteps, *, batch: int = 256) -> dict:
         idx = [i for i, s in enumerate(data.sources) if s == role]
         out[role] = _auc_entry([rewards[i] for i in idx], [data.labels[i] for i in idx])
     return out
+
+
+def logprob_auc(lm: LanguageModel, data: LabelledSteps, *, batch: int = 256) -> dict:
+    """The same AUCs as `prm_auc` with the language model ``lm`` as the judge: a
+    step's score is the log-probability ``lm`` gives its tokens after the steps
+    before it (``lm.score``, the quantity in SPECS's ratio term). On the testbed
+    the target judges its own task far better than the PRM reads it out, which
+    separates "the signal is not in the target's body" from "the PRM's short
+    fine-tune does not extract it" (docs/testbed.md)."""
+    scores = []
+    for start in range(0, len(data.states), batch):
+        chunk = data.states[start:start + batch]
+        before = [State(s.question, s.steps[:-1]) for s in chunk]
+        scores += [sum(lp) for lp in lm.score(before, [s.steps[-1] for s in chunk])]
+    return {"all": _auc_entry(scores, data.labels), "all_prefix_labels": _auc_entry(scores, data.prefix_labels)}
 
 
 def _auc_entry(rewards, labels) -> dict:
@@ -193,6 +208,7 @@ def evaluate(out_dir, *, backend: str = "vllm", limit: int = 500, seed: int = 0,
     problems = {p.id: p for p in read_jsonl(heldout_path())}
     data = LabelledSteps.of([(problems[pid], text, role) for role, rows in texts.items() for pid, text in rows])
     auc = prm_auc(prm, data)
+    target_auc = logprob_auc(target, data)
     cost = decode_cost(draft, target, State(next(iter(problems.values())).question))
 
     t, d = accuracy["target"]["accuracy"], accuracy["draft"]["accuracy"]
@@ -203,7 +219,7 @@ def evaluate(out_dir, *, backend: str = "vllm", limit: int = 500, seed: int = 0,
         "decode_cost_ratio": (cost["ratio"], cost["ratio"] >= 3.0),
     }
     report = {"backend": backend, "limit": limit, "seed": seed, "accuracy": accuracy, "prm_auc": auc,
-              "decode_cost": cost, "checks": {k: {"value": v, "target": TARGETS[k], "met": met}
+              "target_logprob_auc": target_auc, "decode_cost": cost, "checks": {k: {"value": v, "target": TARGETS[k], "met": met}
                                               for k, (v, met) in checks.items()}}
     (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return report
@@ -212,8 +228,7 @@ def evaluate(out_dir, *, backend: str = "vllm", limit: int = 500, seed: int = 0,
 def format_report(report: dict) -> str:
     lines = [f"testbed quality ({report['backend']}, {report['limit']} held-out problems, seed {report['seed']})"]
     for name, c in report["checks"].items():
-        value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
-        lines.append(f"{'MET ' if c['met'] else 'NOT '} {name:18s} {value:>8s}   (target {c['target']})")
+        lines.append(f"{'MET ' if c['met'] else 'NOT '} {name:18s} {_fmt(c['value']):>8s}   (target {c['target']})")
     cost = report["decode_cost"]["seconds_per_token"]
     lines.append(f"decode: draft {cost['draft'] * 1e3:.3f} ms/token, target {cost['target'] * 1e3:.3f} ms/token "
                  f"(n = {report['decode_cost']['n']})")
@@ -221,6 +236,13 @@ def format_report(report: dict) -> str:
                       ("all_prefix_labels", "all steps, prefix-correct labels")):
         a = report["prm_auc"].get(key)
         if a:
-            auc = "n/a" if a["auc"] is None else f"{a['auc']:.3f}"
-            lines.append(f"PRM AUC on {what}: {auc} ({a['positive']} correct / {a['negative']} wrong)")
+            lines.append(f"PRM AUC on {what}: {_fmt(a['auc'])} ({a['positive']} correct / {a['negative']} wrong)")
+    judge = report.get("target_logprob_auc")
+    if judge:
+        lines.append(f"target log-probability as the judge: AUC {_fmt(judge['all']['auc'])} "
+                     f"(prefix-correct labels {_fmt(judge['all_prefix_labels']['auc'])})")
     return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
