@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from specs_theory.exact import _masked_diff, _normalise, advantages, optimal_policy, q_values
+from specs_theory.exact import log_ratio, normalise_weights, advantages, optimal_policy, q_values
 from specs_theory.mdp import BlockMDP, mdp_jit, prefix_logp
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
 def _weights(log_q, log_w):
     """(q, w, mask): normalised proposal, weights with E_q[w] = 1, and the
     mask of symbols with q > 0 and w > 0 (the support of pi_w)."""
-    lq, lw = _normalise(jnp.asarray(log_q, jnp.float64), jnp.asarray(log_w, jnp.float64))
+    lq, lw = normalise_weights(jnp.asarray(log_q, jnp.float64), jnp.asarray(log_w, jnp.float64))
     return jnp.exp(lq), jnp.exp(lw), lw > -jnp.inf
 
 
@@ -110,7 +110,7 @@ class Coverage(NamedTuple):
 def _state_chi2(mdp, lstar):
     out = []
     for h in range(mdp.H):
-        q, w, _ = _weights(mdp.draft_logp[h], _masked_diff(lstar[h], mdp.draft_logp[h]))
+        q, w, _ = _weights(mdp.draft_logp[h], log_ratio(lstar[h], mdp.draft_logp[h]))
         out.append(_chi2_w(q, w))
     return tuple(out)
 
@@ -131,9 +131,9 @@ def coverage(mdp: BlockMDP) -> Coverage:
     lstar = optimal_policy(mdp)
     states = _state_chi2(mdp, lstar)
     levels = _expect(prefix_logp(lstar), states)
-    log_c = jnp.max(jnp.stack([jnp.max(_masked_diff(a, b)) for a, b in zip(lstar, mdp.draft_logp)]))
+    log_c = jnp.max(jnp.stack([jnp.max(log_ratio(a, b)) for a, b in zip(lstar, mdp.draft_logp)]))
     log_ctd = jnp.max(
-        jnp.stack([jnp.max(_masked_diff(a, b)) for a, b in zip(mdp.target_logp, mdp.draft_logp)])
+        jnp.stack([jnp.max(log_ratio(a, b)) for a, b in zip(mdp.target_logp, mdp.draft_logp)])
     )
     return Coverage(states, levels, jnp.mean(levels), jnp.exp(log_c), jnp.exp(log_ctd))
 
@@ -146,7 +146,7 @@ def sequence_chi2(mdp: BlockMDP) -> jax.Array:
     lstar = optimal_policy(mdp)
     log_c = jnp.zeros(mdp.K**mdp.H)
     for h in reversed(range(mdp.H)):
-        term = 2 * lstar[h] + _masked_diff(log_c.reshape(mdp.K**h, mdp.K), mdp.draft_logp[h])
+        term = 2 * lstar[h] + log_ratio(log_c.reshape(mdp.K**h, mdp.K), mdp.draft_logp[h])
         log_c = logsumexp(term, axis=-1)
     return jnp.expm1(log_c[0])
 
@@ -168,7 +168,7 @@ def sequence_bound(mdp: BlockMDP, n) -> SequenceBound:
     reach = prefix_logp(lstar)
     pointwise, chain = [], []
     for h in range(mdp.H):
-        tc = theorem_c_bound(mdp.draft_logp[h], _masked_diff(lstar[h], mdp.draft_logp[h]), n)
+        tc = theorem_c_bound(mdp.draft_logp[h], log_ratio(lstar[h], mdp.draft_logp[h]), n)
         pointwise.append(tc.pointwise)
         chain.append(tc.log_chi2)
     cov = coverage(mdp)
@@ -221,7 +221,7 @@ def sequence_prop_d(mdp: BlockMDP, n, specs_logp=None):
     lstar = optimal_policy(mdp)
     fwd, rev = [], []
     for h in range(mdp.H):
-        f, r = prop_d_bound(mdp.draft_logp[h], _masked_diff(lstar[h], mdp.draft_logp[h]), n)
+        f, r = prop_d_bound(mdp.draft_logp[h], log_ratio(lstar[h], mdp.draft_logp[h]), n)
         fwd.append(f)
         rev.append(r)
     forward = jnp.sum(_expect(prefix_logp(lstar), fwd))
@@ -253,7 +253,7 @@ def sequence_prop_e_constant(mdp: BlockMDP) -> jax.Array:
     """c = sum_h E_{s ~ pi*} 1/2 Var_{pi*(.|s)}(pi*/pi_d): n^2 KL(pi*_seq || pi_SPECS,n) -> c."""
     lstar = optimal_policy(mdp)
     per_state = [
-        prop_e_constant(mdp.draft_logp[h], _masked_diff(lstar[h], mdp.draft_logp[h]))
+        prop_e_constant(mdp.draft_logp[h], log_ratio(lstar[h], mdp.draft_logp[h]))
         for h in range(mdp.H)
     ]
     return jnp.sum(_expect(prefix_logp(lstar), per_state))
@@ -268,7 +268,7 @@ def _passing(mdp, threshold, score, lstar):
     g = q_values(mdp) if score == "q" else advantages(mdp)
     out = []
     for h in range(mdp.H):
-        lw = _masked_diff(lstar[h], mdp.draft_logp[h])
+        lw = log_ratio(lstar[h], mdp.draft_logp[h])
         passing = (g[h] > threshold) & (lw > -jnp.inf)
         log_fail = logsumexp(jnp.where(passing, -jnp.inf, mdp.draft_logp[h]), axis=-1)
         out.append((passing, log_fail, g[h]))
@@ -315,8 +315,8 @@ def threshold_bound(mdp: BlockMDP, threshold, n, *, score="q") -> jax.Array:
     per_state = []
     for h, (passing, _, _) in enumerate(_passing(mdp, threshold, score, lstar)):
         some = jnp.any(passing, axis=-1)
-        qd, wd, _ = _weights(mdp.draft_logp[h], _masked_diff(limit[h], mdp.draft_logp[h]))
-        qt, wt, _ = _weights(mdp.target_logp[h], _masked_diff(lstar[h], mdp.target_logp[h]))
+        qd, wd, _ = _weights(mdp.draft_logp[h], log_ratio(limit[h], mdp.draft_logp[h]))
+        qt, wt, _ = _weights(mdp.target_logp[h], log_ratio(lstar[h], mdp.target_logp[h]))
         per_state.append(jnp.log1p(jnp.where(some, _chi2_w(qd, wd), _chi2_w(qt, wt)) / n))
     return jnp.sum(_expect(prefix_logp(limit), per_state))
 

@@ -30,6 +30,8 @@ from specs_theory.mdp import BlockMDP, mdp_jit, prefix_logp, sequence_logp
 
 __all__ = [
     "soft_values",
+    "log_ratio",
+    "normalise_weights",
     "q_values",
     "advantages",
     "optimal_policy",
@@ -127,7 +129,7 @@ def hard_prm_policy(mdp: BlockMDP) -> tuple[jax.Array, ...]:
 # Theorem A: the exact law of self-normalised importance resampling
 
 
-def _normalise(log_q, log_w):
+def normalise_weights(log_q, log_w):
     """lq = log q normalised; lw = log(w / E_q[w]) (-inf where w = 0 or q = 0;
     all -inf when every weight on supp q is zero)."""
     lq = log_q - logsumexp(log_q, axis=-1, keepdims=True)
@@ -146,7 +148,7 @@ def _sir_setup(log_q, log_w, n, shape):
     K = shape[-1]
     log_q = jnp.broadcast_to(log_q, shape).reshape(-1, K)
     log_w = jnp.broadcast_to(log_w, shape).reshape(-1, K)
-    lq, lw = _normalise(log_q, log_w)
+    lq, lw = normalise_weights(log_q, log_w)
     log_n = jnp.log(n)
     pos = lw > -jnp.inf
     any_pos = jnp.any(pos, axis=-1)
@@ -420,7 +422,7 @@ def _split(mdp, stacked):
     return tuple(jnp.split(stacked, sizes, axis=0))
 
 
-def _masked_diff(a, b):
+def log_ratio(a, b):
     """a - b for log-probabilities, -inf wherever either is -inf (no NaN)."""
     bad = (a == -jnp.inf) | (b == -jnp.inf)
     return jnp.where(bad, -jnp.inf, a - jnp.where(bad, 0.0, b))
@@ -476,7 +478,7 @@ def _specs_setup(mdp, tau, n, score):
     lt = _stack(mdp.target_logp)
     lstar = _stack(optimal_policy(mdp, V))
     g = _stack(q_values(mdp, V) if score == "q" else advantages(mdp, V))
-    log_w = _masked_diff(lstar, ld)
+    log_w = log_ratio(lstar, ld)
     # a draft passes when its score is above tau and its weight is > 0 (without
     # A1 a zero-weight draft can never be selected; "no threshold" (tau = -inf)
     # keeps the second condition, so under A1 it never defers).
@@ -485,7 +487,7 @@ def _specs_setup(mdp, tau, n, score):
     log_fail = jnp.where(jnp.any(passing, axis=-1), log_fail, 0.0)  # rho = 1 exactly
     log_rho = jnp.where(log_fail == -jnp.inf, -jnp.inf, n * log_fail)
     log_w_draft = jnp.where(passing, log_w, -jnp.inf)
-    return ld, lt, log_w_draft, _masked_diff(lstar, lt), g, log_rho
+    return ld, lt, log_w_draft, log_ratio(lstar, lt), g, log_rho
 
 
 @mdp_jit
@@ -542,7 +544,7 @@ def sequence_sir_law(mdp: BlockMDP, n: int, *, step: float = 0.1):
 def _sequence_weights(mdp):
     ld = sequence_logp(mdp.draft_logp)
     lstar = jax.nn.log_softmax(sequence_logp(mdp.target_logp) + mdp.reward / mdp.beta)
-    return ld, _masked_diff(lstar, ld)
+    return ld, log_ratio(lstar, ld)
 
 
 def sequence_logprobs(mdp: BlockMDP, policy) -> jax.Array:

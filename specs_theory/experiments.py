@@ -137,7 +137,7 @@ def e1_gibbs(mdp: BlockMDP, *, seed: int = 0, num_perturbations: int = 2000, num
 def _all_states(mdp, lstar):
     ld = jnp.concatenate(mdp.draft_logp)
     ls = jnp.concatenate(lstar)
-    return ld, exact._masked_diff(ls, ld)
+    return ld, exact.log_ratio(ls, ld)
 
 
 def e2_evaluators(mdp: BlockMDP, *, ns=(1, 2, 3, 4, 8, 16), quad_ns=(1, 8, 64), quad_states: int = 6,
@@ -323,7 +323,7 @@ def _threshold_invariants(mdp, qmin, qmax, ns):
         always = exact.specs_policy(mdp, n, threshold=qmax + 0.01)
         lt = mdp.target_logp
         lstar = exact.optimal_policy(mdp)
-        soft_target = [exact.sir_logprobs(lt[h], exact._masked_diff(lstar[h], lt[h]), n) for h in range(mdp.H)]
+        soft_target = [exact.sir_logprobs(lt[h], exact.log_ratio(lstar[h], lt[h]), n) for h in range(mdp.H)]
         above = max(above, max(float(jnp.max(jnp.abs(jnp.exp(a) - jnp.exp(b)))) for a, b in zip(always.logp, soft_target)))
         above = max(above, max(float(jnp.max(jnp.abs(d - 1.0))) for d in always.defer_prob))
         never = exact.specs_policy(mdp, n, threshold=qmin - 0.01)
@@ -393,7 +393,7 @@ def e7_smc(mdp: BlockMDP, *, Ns=None, num_runs: int = 100_000, seed: int = 0, ch
     one = random_mdp(jax.random.key(seed + 7), K=6, H=1, beta=mdp.beta, draft_noise=1.0)
     N_h1 = 8
     sh, _ = simulate.simulate_smc(jax.random.key(seed * 977 + 501), one, N_h1, check_runs)
-    sir = np.asarray(exact.sir_law(one.draft_logp[0][0], exact._masked_diff(exact.optimal_policy(one)[0][0], one.draft_logp[0][0]), N_h1))
+    sir = np.asarray(exact.sir_law(one.draft_logp[0][0], exact.log_ratio(exact.optimal_policy(one)[0][0], one.draft_logp[0][0]), N_h1))
     gof_h1 = pooled_gof_pvalue(np.asarray(simulate.sequence_counts(sh, 6)), sir / sir.sum())
     # Var(Zhat) = O(1/N) is asymptotic (1/N^2 terms steepen small N): fit the largest N
     big = [i for i, N in enumerate(Ns) if N >= max(Ns) / 4]
