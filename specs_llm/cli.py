@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tb = sub.add_parser("testbed", help="the trained CPU testbed: build its models, measure their quality")
     tsub = tb.add_subparsers(dest="testbed_command", required=True, metavar="TESTBED_COMMAND")
-    tbb = tsub.add_parser("build", help="train tokenizer, target, draft and PRM from scratch (about 10 min, 2 cores)")
+    tbb = tsub.add_parser("build", help="train tokenizer, target, draft and PRM from scratch (about 12 min on 2 cores)")
     tbb.add_argument("--out", default="out/testbed", help="output directory (default: out/testbed)")
     tbb.add_argument("--seed", type=int, default=0)
     tbb.set_defaults(func=_testbed_build)
