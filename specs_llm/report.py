@@ -83,8 +83,9 @@ def summarize(records: Iterable[dict]) -> dict:
 
     Per group: ``accuracy`` (mean score of ok records), ``accuracy_by_seed``,
     ``accuracy_std`` (over seeds), ``latency_mean`` (seconds per query),
-    ``latency_by_seed``, ``latency_std``, ``phase_seconds`` (mean per query),
-    ``tokens`` (mean per query by model), ``deferral_rate`` (deferrals per
+    ``latency_by_seed``, ``latency_std``, ``phase_seconds`` and
+    ``phase_calls`` (means per query; their ratio is the cost of one call),
+    ``steps`` (mean per query), ``tokens`` (mean per query by model), ``deferral_rate`` (deferrals per
     step), ``deferral_by_step``, ``grade_status`` counts, ``errors``.
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -101,6 +102,7 @@ def summarize(records: Iterable[dict]) -> dict:
         for r in ok:
             statuses[str(r.get("grade_status"))] += 1
         phases = {p: _mean([r["phases"].get(p, {}).get("seconds", 0.0) for r in ok]) or 0.0 for p in PHASES}
+        calls = {p: _mean([r["phases"].get(p, {}).get("calls", 0) for r in ok]) or 0.0 for p in PHASES}
         models = sorted({m for r in ok for m in r.get("models", {})})
         tokens = {m: _mean([r["models"].get(m, {}).get("tokens", 0) for r in ok]) for m in models}
         steps = sum(r["steps"] for r in ok)
@@ -131,6 +133,8 @@ def summarize(records: Iterable[dict]) -> dict:
             "latency_by_seed": lat_seed,
             "latency_std": _std(list(lat_seed.values())),
             "phase_seconds": phases,
+            "phase_calls": calls,
+            "steps": _mean([r["steps"] for r in ok]),
             "tokens": tokens,
             "deferral_rate": (sum(r["deferrals"] for r in ok) / steps) if steps else None,
             "deferral_by_step": by_step,

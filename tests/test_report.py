@@ -62,6 +62,9 @@ def test_summary_aggregates_over_seeds(run_dir):
     assert g["accuracy_by_seed"] == pytest.approx(dict(zip((0, 1), per_seed)))
     assert g["accuracy_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2**0.5)
     assert sum(g["phase_seconds"].values()) == pytest.approx(g["latency_mean"])
+    assert g["phase_calls"]["target_generation"] == pytest.approx(
+        sum(r["phases"]["target_generation"]["calls"] for r in mine) / len(mine))
+    assert g["phase_calls"]["draft_generation"] == 0 and g["steps"] == pytest.approx(3.0)
     assert g["deferral_rate"] == 0 and g["deferral_by_step"] == [0.0, 0.0, 0.0]
     rsd = next(g for g in summary["groups"] if g["method"] == "rsd")
     assert len(rsd["deferral_by_step"]) == 3
