@@ -59,6 +59,7 @@ __all__ = [
     "PAD_TOKEN",
     "STEP_TAG",
     "CHAT_TEMPLATE",
+    "chat_tokenizer",
     "TinySpec",
     "TINY_SPECS",
     "build_tiny_tokenizer",
@@ -136,7 +137,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _make_tokenizer(merges: bool):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     symbol = _bytes_to_unicode()
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
@@ -149,13 +149,16 @@ def _make_tokenizer(merges: bool):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        chat_template=CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
-    )
+    return chat_tokenizer(tok)
+
+
+def chat_tokenizer(tok, **kwargs):
+    """A `tokenizers.Tokenizer` as the transformers tokenizer every project model
+    uses: EOS and pad tokens, `CHAT_TEMPLATE`, no clean-up of spaces."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                                   chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False, **kwargs)
 
 
 def build_tiny_tokenizer(directory: str | os.PathLike, *, merges: bool = False):

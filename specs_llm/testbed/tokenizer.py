@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
-from ..testing import CHAT_TEMPLATE, EOS_TOKEN, PAD_TOKEN
+from ..testing import EOS_TOKEN, PAD_TOKEN, chat_tokenizer
 
 __all__ = ["QWEN2_PATTERN", "SPECIALS", "corpus", "train_tokenizer", "load_tokenizer"]
 
@@ -54,7 +54,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, min_frequenc
     deterministic for the same texts in the same order.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 256 + len(SPECIALS):
         raise ValueError(f"vocab_size must be at least {256 + len(SPECIALS)} (bytes + specials), got {vocab_size}")
@@ -72,14 +71,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, min_frequenc
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        chat_template=CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
-        model_max_length=1024,
-    )
+    return chat_tokenizer(tok, model_max_length=1024)
 
 
 def load_tokenizer(directory: str | os.PathLike):
