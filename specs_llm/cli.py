@@ -113,10 +113,15 @@ def _run(args) -> int:
 
 
 def _report(args) -> int:
+    from pathlib import Path
+
     from .report import make_report
 
-    for path in make_report(args.dirs, args.out):
+    out = args.out or (str(Path(args.dirs[0]) / "report") if len(args.dirs) == 1 else "out/report")
+    paths = make_report(args.dirs, out)
+    for path in paths:
         print(path)
+    print(f"wrote the report to {out}", file=sys.stderr)
     return 0
 
 
@@ -217,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="plots and tables from one or more run directories")
     rep.add_argument("dirs", nargs="+")
-    rep.add_argument("--out", default="out/report")
+    rep.add_argument("--out", default=None,
+                     help="output directory (default: DIR/report for one directory, else out/report)")
     rep.set_defaults(func=_report)
 
     syn = sub.add_parser("synthetic", help="MDP experiments with a latency cost model")

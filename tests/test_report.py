@@ -126,3 +126,20 @@ def test_report_compares_specs_with_target_beam_search(run_dir, tmp_path):
         if m["specs_accuracy_at_matched_latency"] is not None:
             assert m["accuracy_difference"] == pytest.approx(m["specs_accuracy_at_matched_latency"] - m["beam_accuracy"])
     assert "## SPECS vs target beam search" in (tmp_path / "r" / "table.md").read_text()
+
+
+def test_report_command_writes_beside_a_single_run(run_dir, tmp_path, capsys, monkeypatch):
+    """`specs report DIR` without --out writes DIR/report (two runs' reports never
+    overwrite each other in the current directory) and says where."""
+    import shutil
+
+    from specs_llm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report" / "table.md").is_file() and not (tmp_path / "out").exists()
+    assert f"wrote the report to {copy / 'report'}" in capsys.readouterr().err
+    assert main(["report", str(copy), str(run_dir), "--out", str(tmp_path / "both")]) == 0
+    assert (tmp_path / "both" / "summary.json").is_file()
