@@ -105,10 +105,11 @@ def _print_trace(out: dict) -> None:
 
 
 def _run(args) -> int:
-    from .runner import run_recipe
+    from .runner import parse_shard, run_recipe
 
     problems = args.problems.split(",") if args.problems else None
-    run_recipe(args.recipe, out_dir=args.out, limit=args.limit, problems=problems)
+    shard = parse_shard(args.shard) if args.shard else None
+    run_recipe(args.recipe, out_dir=args.out, limit=args.limit, problems=problems, shard=shard)
     return 0
 
 
@@ -218,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output directory (default: from the recipe)")
     run.add_argument("--limit", type=int, help="first N problems of each dataset")
     run.add_argument("--problems", help="comma-separated problem ids")
+    run.add_argument("--shard", help="I/N: run only shard I of N of the records (one directory per shard; "
+                     "`specs report` merges them)")
     run.set_defaults(func=_run)
 
     rep = sub.add_parser("report", help="plots and tables from one or more run directories")

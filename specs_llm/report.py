@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-__all__ = ["PHASES", "load_records", "summarize", "pareto_front", "front_points", "matched_latency_ratio",
+__all__ = ["PHASES", "load_records", "merge_shards", "summarize", "pareto_front", "front_points", "matched_latency_ratio",
            "accuracy_at_latency", "matched_comparison", "make_report"]
 
 PHASES = ("draft_generation", "target_scoring", "prm_scoring", "target_generation", "selection")
@@ -62,6 +62,37 @@ def load_records(directory: str | Path) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}, line {lineno}: corrupt record ({err.msg})") from None
     return out
+
+
+def merge_shards(per_dir: list[tuple[Path, list[dict]]]) -> list[tuple[Path, list[dict]]]:
+    """Directories written by ``specs run --shard I/N`` (their ``meta.json``
+    says so) become one: their records joined under the first one's path.
+    Refuses shards of different recipes (``recipe.yaml`` differs), of
+    different shard counts, and a record key found in two shards. Other
+    directories pass through unchanged."""
+    shards, others = [], []
+    for d, recs in per_dir:
+        meta_path = d / "meta.json"
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        (shards if meta.get("shard") else others).append((d, recs, meta.get("shard")))
+    if not shards:
+        return per_dir
+    recipes = {(d / "recipe.yaml").read_text(encoding="utf-8") if (d / "recipe.yaml").is_file() else None
+               for d, _, _ in shards}
+    if len(recipes) > 1:
+        raise ValueError(f"shards of different recipes: {[str(d) for d, _, _ in shards]} (recipe.yaml differs)")
+    counts = {info["count"] for _, _, info in shards}
+    if len(counts) > 1:
+        raise ValueError(f"shards of different splits (N = {sorted(counts)}): {[str(d) for d, _, _ in shards]}")
+    seen: dict[str, Path] = {}
+    merged = []
+    for d, recs, _ in shards:
+        for r in recs:
+            if r["key"] in seen:
+                raise ValueError(f"record {r['key']!r} is in two shards: {seen[r['key']]} and {d}")
+            seen[r["key"]] = d
+        merged += recs
+    return [(shards[0][0], merged)] + [(d, recs) for d, recs, _ in others]
 
 
 def _mean(xs):
@@ -404,7 +435,7 @@ def make_report(dirs: Sequence[str | Path] | str | Path, out_dir: str | Path) ->
     matplotlib.use("Agg")
     if isinstance(dirs, (str, Path)):
         dirs = [dirs]
-    per_dir = [(Path(d), load_records(d)) for d in dirs]
+    per_dir = merge_shards([(Path(d), load_records(d)) for d in dirs])
     owners: dict[tuple, set] = defaultdict(set)
     for d, recs in per_dir:
         for r in recs:

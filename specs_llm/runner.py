@@ -49,6 +49,7 @@ Models are loaded once per process and shared by every method and setting
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -68,6 +69,8 @@ __all__ = [
     "RunError",
     "ResultsFile",
     "record_key",
+    "shard_of",
+    "parse_shard",
     "run_recipe",
     "recipe_models",
     "recipe_problems",
@@ -93,6 +96,23 @@ class RunError(RuntimeError):
 
 def record_key(dataset: str, problem_id: str, method: str, setting_key: str, seed: int) -> str:
     return "\t".join((dataset, str(problem_id), method, setting_key, str(int(seed))))
+
+
+def shard_of(key: str, count: int) -> int:
+    """The shard (1..count) a record key belongs to: a hash of the key, so the
+    split is the same on every host and needs no coordinator."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) % count + 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 1 <= I <= N; ValueError naming the problem otherwise."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 2/3), got {text!r}") from None
+    if not 1 <= index <= count:
+        raise ValueError(f"--shard I/N needs 1 <= I <= N, got {text!r}")
+    return index, count
 
 
 # ---------------------------------------------------------------------------
@@ -475,6 +495,7 @@ def run_recipe(
     limit: int | None = None,
     problems: Iterable[str] | None = None,
     *,
+    shard: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> Path:
     """Run every (problem, method, setting, seed) of a recipe not yet in ``out_dir``.
@@ -485,6 +506,9 @@ def run_recipe(
         ``runs/<recipe name>``); created if missing.
       limit: the first ``limit`` problems of each dataset (overrides the recipe's limits).
       problems: only these problem ids (``"<id>"`` or ``"<dataset>:<id>"``).
+      shard: ``(I, N)``: only the records of shard I of N (`shard_of`); N hosts
+        each run one shard into their own directory, and `specs report`
+        merges the directories. A directory keeps the shard it started with.
       progress: show a tqdm progress bar on stderr.
 
     Returns the output directory. Raises `RecipeError` for a bad recipe,
@@ -502,13 +526,18 @@ def run_recipe(
     results = ResultsFile(out / "results.jsonl")
     with _exclusive(out):
         meta, finished = _prepare_dir(recipe, out, results)
+        shard_info = None if shard is None else {"index": shard[0], "count": shard[1]}
+        if meta.get("shard", shard_info) != shard_info:
+            raise RunError(f"{out} holds shard {meta.get('shard')} of this run; asked for shard {shard_info}. "
+                           f"Use one directory per shard.")
         (out / "recipe.yaml").write_text(recipe.text, encoding="utf-8")
         env = environment_info()
         invocation = {"started": _now(), "recipe": str(recipe_path), "limit": limit,
                       "problems": list(problems) if problems is not None else None, **env}
         meta = {"recipe_name": recipe.name, "backend": recipe.backend.identity(),
                 "package_version": env["versions"].get("specs"), **{k: v for k, v in env.items() if k != "versions"},
-                "versions": env["versions"], "invocations": meta.get("invocations", []) + [invocation]}
+                "versions": env["versions"], "invocations": meta.get("invocations", []) + [invocation],
+                "shard": shard_info}
         _write_json(out / "meta.json", meta)
 
         plan = []  # (setting, seed, [problems]) still to run
@@ -516,8 +545,9 @@ def run_recipe(
             ps = [p for p in todo_problems if p.dataset == dataset]
             for setting in settings:
                 for seed in recipe.seeds:
-                    pending = [p for p in ps if record_key(p.dataset, p.id, setting.method, setting.key, seed)
-                               not in finished]
+                    keys = [record_key(p.dataset, p.id, setting.method, setting.key, seed) for p in ps]
+                    pending = [p for p, k in zip(ps, keys) if k not in finished
+                               and (shard is None or shard_of(k, shard[1]) == shard[0])]
                     if pending:
                         plan.append((setting, seed, pending))
         total = sum(len(p) for _, _, p in plan)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from specs_llm.runner import RECORD_FIELDS, ResultsFile, RunError, record_key, run_recipe
+from specs_llm.runner import RECORD_FIELDS, ResultsFile, RunError, record_key, run_recipe, shard_of
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPARE = ROOT / "recipes" / "tiny" / "compare.yaml"
@@ -230,3 +230,40 @@ def test_resume_after_sigkill_records_everything_exactly_once(tmp_path):
     assert all(r["status"] == "ok" for r in records)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["records"] == expected
+
+
+def test_shards_split_a_run_exactly_and_the_report_merges_them(tmp_path):
+    """Three shards run separately hold every key of the unsharded run exactly once;
+    `specs report` merges them into the unsharded run's table, and refuses shards of
+    another recipe or a key found twice."""
+    import shutil
+
+    from specs_llm.report import make_report, merge_shards
+    from specs_llm.runner import parse_shard
+
+    recipe = mdp_recipe(tmp_path, limit=6, seeds=(0, 1))
+    whole = run_recipe(recipe, tmp_path / "whole", progress=False)
+    shards = [run_recipe(recipe, tmp_path / f"shard{i}", shard=(i, 3), progress=False) for i in (1, 2, 3)]
+    keys = [r["key"] for d in shards for r in lines(d / "results.jsonl")]
+    assert sorted(keys) == sorted(r["key"] for r in lines(whole / "results.jsonl"))  # each once
+    assert all(lines(d / "results.jsonl") for d in shards)  # 36 keys: no shard is empty
+    run_recipe(recipe, shards[0], shard=(1, 3), progress=False)  # resumes: nothing to add
+    assert len(lines(shards[0] / "results.jsonl")) == sum(1 for k in keys if shard_of(k, 3) == 1)
+    with pytest.raises(RunError, match="one directory per shard"):
+        run_recipe(recipe, shards[0], shard=(2, 3), progress=False)
+
+    merged = json.loads(make_report(shards, tmp_path / "merged")[-1].read_text())
+    alone = json.loads(make_report([whole], tmp_path / "alone")[-1].read_text())
+    assert merged["records"] == alone["records"] == len(keys)
+    assert [(g["label"], g["ok"]) for g in merged["groups"]] == [(g["label"], g["ok"]) for g in alone["groups"]]
+    with pytest.raises(ValueError, match="in two shards"):
+        merge_shards([(d, lines(d / "results.jsonl")) for d in (shards[0], shards[0])])
+    other = tmp_path / "other"
+    shutil.copytree(shards[1], other)
+    (other / "recipe.yaml").write_text((other / "recipe.yaml").read_text() + "# changed\n")
+    with pytest.raises(ValueError, match="different recipes"):
+        make_report([shards[0], other], tmp_path / "bad")
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("3", "0/3", "4/3", "a/b"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
