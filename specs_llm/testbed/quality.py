@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..backends.base import LanguageModel, RewardModel, State
-from .task import Problem, check_steps
+from .task import Problem, check_steps, response_steps
 
 __all__ = ["roc_auc", "LabelledSteps", "sample_labelled_steps", "prm_auc", "logprob_auc", "decode_cost"]
 
@@ -58,7 +58,7 @@ class LabelledSteps:
         """From ``(problem, response text, source)`` triples (responses cut at "\\n\\n")."""
         states, labels, prefix, sources = [], [], [], []
         for problem, text, source in samples:
-            steps = [t for t in text.split("\n\n") if t.strip()]
+            steps = response_steps(text)
             check = check_steps(problem, steps)
             for i in range(len(steps)):
                 states.append(State(problem.question, tuple(steps[: i + 1])))

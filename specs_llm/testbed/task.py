@@ -55,6 +55,7 @@ __all__ = [
     "make_split",
     "training_problems",
     "check_steps",
+    "response_steps",
     "write_jsonl",
     "read_jsonl",
 ]
@@ -254,6 +255,11 @@ class StepCheck:
     correct: tuple[bool, ...]
     prefix_correct: tuple[bool, ...]
     solved: bool
+
+
+def response_steps(text: str) -> list[str]:
+    """A sampled response cut into its steps (at `DELIMITER`, blank pieces dropped)."""
+    return [t for t in text.split(DELIMITER) if t.strip()]
 
 
 def check_steps(problem: Problem, steps: Sequence[str]) -> StepCheck:
