@@ -97,7 +97,8 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 class HFLanguageModel(ChatPromptMixin):
-    """A causal LM from a local directory (draft or target), via transformers.
+    """A causal LM from a local directory (draft or target), via transformers;
+    `from_model` wraps one already built in memory.
 
     Args:
       path: model directory (``AutoModelForCausalLM`` / ``AutoTokenizer``).
@@ -123,18 +124,37 @@ class HFLanguageModel(ChatPromptMixin):
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         path = str(path)
-        self.name = name or os.path.basename(os.path.normpath(path))
-        self.step_delimiter = step_delimiter
-        self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype)).to(self.device).eval()
-        self.max_length = _max_length(self.model.config, self.tokenizer, max_length)
-        self.max_batch_size = int(max_batch_size)
-        end_ids = {self.tokenizer.eos_token_id}
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype)).to(torch.device(device))
         try:
             eos = GenerationConfig.from_pretrained(path).eos_token_id
         except OSError:  # no generation_config.json
             eos = None
+        self._attach(model, tokenizer, name or os.path.basename(os.path.normpath(path)), eos,
+                     step_delimiter=step_delimiter, max_length=max_length, max_batch_size=max_batch_size)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, *, name: str, step_delimiter: str = "\n\n", max_length: int | None = None,
+                   max_batch_size: int = 64) -> "HFLanguageModel":
+        """Wrap a causal LM already built in memory (e.g. random weights from a
+        config), used on its own device and in its own dtype, with its tokenizer.
+        End tokens: the tokenizer's EOS and ``model.generation_config.eos_token_id``."""
+        self = cls.__new__(cls)
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self._attach(model, tokenizer, name, eos, step_delimiter=step_delimiter, max_length=max_length,
+                     max_batch_size=max_batch_size)
+        return self
+
+    def _attach(self, model, tokenizer, name: str, eos, *, step_delimiter: str, max_length: int | None,
+                max_batch_size: int) -> None:
+        self.name = name
+        self.step_delimiter = step_delimiter
+        self.tokenizer = tokenizer
+        self.model = model.eval()
+        self.device = model.device
+        self.max_length = _max_length(self.model.config, self.tokenizer, max_length)
+        self.max_batch_size = int(max_batch_size)
+        end_ids = {self.tokenizer.eos_token_id}
         end_ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
         self.end_token_ids = frozenset(i for i in end_ids if i is not None)
         if not self.end_token_ids:
@@ -262,7 +282,8 @@ class HFLanguageModel(ChatPromptMixin):
 
 
 class HFRewardModel(PRMInputMixin):
-    """A process reward model from a local directory, via transformers.
+    """A process reward model from a local directory, via transformers;
+    `from_model` wraps one already built in memory.
 
     Args:
       path: a token-classification model directory
@@ -298,13 +319,34 @@ class HFRewardModel(PRMInputMixin):
         if convention not in PRM_CONVENTIONS:
             raise ValueError(f"convention must be one of {PRM_CONVENTIONS}, got {convention!r}")
         path = str(path)
-        self.name = name or os.path.basename(os.path.normpath(path))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForTokenClassification.from_pretrained(path, dtype=_dtype(dtype)).to(torch.device(device))
+        self._attach(model, tokenizer, name or os.path.basename(os.path.normpath(path)),
+                     convention=convention, step_delimiter=step_delimiter, step_tag=step_tag, system=system,
+                     max_length=max_length, max_batch_size=max_batch_size)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, *, name: str, convention: str = "value_head", step_delimiter: str = "\n\n",
+                   step_tag: str = "<extra_0>", system: str | None = None, max_length: int | None = None,
+                   max_batch_size: int = 64) -> "HFRewardModel":
+        """Wrap a token classifier already built in memory (its ``logits`` are
+        read; any head works), used on its own device and in its own dtype."""
+        if convention not in PRM_CONVENTIONS:
+            raise ValueError(f"convention must be one of {PRM_CONVENTIONS}, got {convention!r}")
+        self = cls.__new__(cls)
+        self._attach(model, tokenizer, name, convention=convention, step_delimiter=step_delimiter, step_tag=step_tag,
+                     system=system, max_length=max_length, max_batch_size=max_batch_size)
+        return self
+
+    def _attach(self, model, tokenizer, name: str, *, convention: str, step_delimiter: str, step_tag: str,
+                system: str | None, max_length: int | None, max_batch_size: int) -> None:
+        self.name = name
         self.convention = convention
         self.step_delimiter = step_delimiter
         self.system = system
-        self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForTokenClassification.from_pretrained(path, dtype=_dtype(dtype)).to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.model = model.eval()
+        self.device = model.device
         self.max_length = _max_length(self.model.config, self.tokenizer, max_length)
         self.max_batch_size = int(max_batch_size)
         self.step_tag_id = step_tag_id(self.tokenizer, step_tag, self.name) if convention == "step_tag" else None
