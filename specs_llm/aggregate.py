@@ -8,6 +8,9 @@
               (exact string match after stripping spaces), each weighted by
               its last-step PRM reward; the heaviest group wins, and its best
               beam (by last reward) is returned
+    sample    one beam drawn with probability proportional to exp(its SMC
+              log-weight): the output of sequential Monte Carlo; uniform
+              for the other strategies, whose beams all have weight 1
 
 NaN scores or rewards rank below every number; ties keep the earlier beam.
 """
@@ -17,6 +20,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from typing import Sequence
+
+import jax
+import numpy as np
+
+from specs_theory.select import subsample
 
 __all__ = ["choose_answer", "beam_value"]
 
@@ -41,10 +49,25 @@ def beam_value(beam, aggregation: str) -> float:
     raise ValueError(f"unknown aggregation {aggregation!r}")
 
 
-def choose_answer(beams: Sequence, aggregation: str, delimiter: str = "\n\n"):
-    """The chosen beam among ``beams`` (non-empty)."""
+@jax.jit
+def _draw_one(key, log_weights):
+    """One index with probability proportional to exp(log_weights); -1 if all are zero."""
+    return subsample(key, log_weights, 1, temperature=1.0, replace=True)[0]
+
+
+def choose_answer(beams: Sequence, aggregation: str, delimiter: str = "\n\n", *, key=None):
+    """The chosen beam among ``beams`` (non-empty); "sample" draws with the
+    PRNG ``key``."""
     if not beams:
         raise ValueError("no finished beam to choose from")
+    if aggregation == "sample":
+        if key is None:
+            raise ValueError("aggregation 'sample' needs a PRNG key")
+        log_weights = [b.log_weight for b in beams]
+        j = int(_draw_one(key, np.asarray(log_weights, dtype=np.float64)))
+        if j < 0:
+            raise ValueError(f"every beam has weight zero: log-weights {log_weights}")
+        return beams[j]
     if aggregation != "vote":
         return max(beams, key=lambda b: beam_value(b, aggregation))
     from .grading import extract_answer

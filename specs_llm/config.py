@@ -12,10 +12,13 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-__all__ = ["SearchConfig", "STRATEGIES", "AGGREGATIONS"]
+from specs_theory.resample import RESAMPLERS
 
-STRATEGIES = ("specs", "beam", "bon", "rsd")
-AGGREGATIONS = ("score", "prm_last", "prm_min", "prm_prod", "vote")
+__all__ = ["SearchConfig", "STRATEGIES", "AGGREGATIONS", "RESAMPLING"]
+
+STRATEGIES = ("specs", "beam", "bon", "rsd", "smc")
+AGGREGATIONS = ("score", "prm_last", "prm_min", "prm_prod", "vote", "sample")
+RESAMPLING = tuple(RESAMPLERS)
 
 
 @dataclass(frozen=True)
@@ -26,8 +29,12 @@ class SearchConfig:
       "beam" (PRM-guided beam search with ``generator`` proposing),
       "bon" (best-of-n whole responses from ``generator``, aggregated),
       "rsd" (reward-guided speculative decoding: one draft step, kept if its
-      reward is above ``threshold``, else one target step).
-    n: candidates per step (all beams together); k: beams kept (n % k == 0).
+      reward is above ``threshold``, else one target step),
+      "smc" (sequential Monte Carlo: ``n`` particles, each extended by one
+      step from ``generator`` and reweighted by exp(score), resampled with
+      ``resampling`` every step or when ESS/n < ``ess_threshold``).
+    n: candidates per step (all beams together), or particles for "smc";
+      k: beams kept (n % k == 0; not used by "smc").
     temperature: selection temperature (0: greedy).
     sampling_temperature, top_p: generation settings of the models.
     ratio_weight, reward_weight, length_normalize: the score
@@ -40,9 +47,12 @@ class SearchConfig:
     switch_back_threshold: after a target step, return to draft mode only if
       the best target reward is above it (None: always return).
     first_step: "target" (authors' code) or "draft".
-    generator: proposing model for "beam" and "bon".
+    generator: proposing model for "beam", "bon" and "smc".
+    resampling, ess_threshold: the SMC resampling scheme and when it runs
+      (>= 1: after every step; 0: never).
     max_steps, max_step_tokens, step_delimiter: step structure.
-    aggregation: how the answer is chosen among finished beams.
+    aggregation: how the answer is chosen among finished beams ("sample":
+      drawn in proportion to the SMC weights, SMC's own output).
     seed: all randomness (generation and selection) derives from it.
     """
 
@@ -61,6 +71,8 @@ class SearchConfig:
     switch_back_threshold: float | None = 0.7
     first_step: str = "target"
     generator: str = "target"
+    resampling: str = "multinomial"
+    ess_threshold: float = 1.0
     max_steps: int = 30
     max_step_tokens: int = 512
     step_delimiter: str = "\n\n"
@@ -93,11 +105,13 @@ class SearchConfig:
         choice("first_step", ("target", "draft"))
         choice("generator", ("target", "draft"))
         choice("aggregation", AGGREGATIONS)
+        choice("resampling", RESAMPLING)
         for name in ("n", "k", "max_steps", "max_step_tokens"):
             positive_int(name)
         if self.n % self.k:
             raise ValueError(f"n must be a multiple of k (each beam proposes n // k), got n={self.n}, k={self.k}")
         finite("temperature", minimum=0.0)
+        finite("ess_threshold", minimum=0.0)
         finite("sampling_temperature", minimum=0.0)
         finite("top_p", minimum=0.0)
         if not 0 < self.top_p <= 1:
@@ -112,6 +126,15 @@ class SearchConfig:
             raise ValueError("step_delimiter must be a non-empty string")
         if not isinstance(self.length_normalize, bool):
             raise ValueError(f"length_normalize must be a bool, got {self.length_normalize!r}")
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The models this search calls: "draft", "target", "prm"."""
+        if self.strategy in ("specs", "rsd"):
+            return frozenset({"draft", "target", "prm"})
+        # smc weighs the log-ratio of a draft proposal under the target
+        scores_target = self.strategy == "smc" and self.generator == "draft" and self.ratio_weight != 0
+        return frozenset({self.generator, "prm"} | ({"target"} if scores_target else set()))
 
     def replace(self, **changes) -> "SearchConfig":
         return dataclasses.replace(self, **changes)

@@ -15,7 +15,11 @@ Every step, all active beams of all problems go to each model in one call:
    `specs_theory.select.select_target`; `should_switch_back` decides the next
    step's mode.
 
-Strategies differ only in the selection function they pass (`STRATEGIES`).
+Strategies differ only in the selection function they pass (`strategy_for`).
+Sequential Monte Carlo ("smc") shares steps 1 and 2 and the scores of step
+3: each of its ``n`` particles proposes one step, the candidate score is its
+incremental log-weight, and `specs_theory.select.smc_update` reweights and
+resamples (finished particles stay in the population with weight factor 1).
 No decision is made here that `specs_theory.select` does not make.
 """
 
@@ -25,7 +29,7 @@ import functools
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -72,6 +76,7 @@ class Beam:
     records: tuple[StepRecord, ...] = ()
     step_rewards: tuple[float, ...] = ()  # the PRM's rewards of all steps, from its last call
     finish: str | None = None  # None while active; "eos", "length" or "max_steps" when done
+    log_weight: float = 0.0  # SMC importance log-weight (0 for the other strategies)
 
 
 @dataclass
@@ -86,6 +91,7 @@ class SearchResult:
     error: str | None = None
     counts: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
+    smc: list[dict] = field(default_factory=list)  # per step: active, ess, resampled, log_Z (smc only)
 
     def to_dict(self) -> dict:
         return {
@@ -97,6 +103,7 @@ class SearchResult:
             "error": self.error,
             "counts": dict(self.counts),
             "timing": self.timing,
+            "smc": list(self.smc),
         }
 
 
@@ -115,6 +122,7 @@ class Strategy:
     """
 
     proposer: str  # "draft" or "target"
+    per_beam: int  # candidates each active beam proposes per call
     defers: bool  # may hand a step to the target (SPECS, RSD)
     uses_ratio: bool  # the score weighs log pi_t - log pi_d (needs target scoring)
     compiled: Callable  # jit(vmap(score, keep)), shared by every strategy of this structure
@@ -158,6 +166,7 @@ def strategy_for(config: SearchConfig) -> Strategy:
     c = config
     # No threshold is the threshold -inf: every valid (finite-score) draft passes.
     threshold = -np.inf if c.threshold is None else c.threshold
+    per_beam = {"bon": c.n, "smc": 1}.get(c.strategy, c.n // c.k)
     if c.strategy == "specs":
         spec = ("draft", True, c.ratio_weight != 0, _keep_specs, c.k, c.threshold_on == "reward", c.length_normalize,
                 dict(temperature=c.temperature, threshold=threshold, ratio_weight=c.ratio_weight,
@@ -173,13 +182,17 @@ def strategy_for(config: SearchConfig) -> Strategy:
         # n whole responses, all kept; the answer is chosen by `aggregation`
         spec = (c.generator, False, False, _keep_all, c.n, False, False,
                 dict(temperature=0.0, threshold=-np.inf, ratio_weight=0.0, reward_weight=1.0))
+    elif c.strategy == "smc":
+        # one step per particle; every score is the particle's incremental log-weight
+        spec = (c.generator, False, c.ratio_weight != 0, _keep_all, c.n, False, c.length_normalize,
+                dict(temperature=0.0, threshold=-np.inf, ratio_weight=c.ratio_weight, reward_weight=c.reward_weight))
     else:
         raise ValueError(f"unknown strategy {c.strategy!r}")
     proposer, defers, uses_ratio, keep, k, gate_on_reward, length_normalize, params = spec
     compiled = _compiled_selector(keep, k, gate_on_reward, length_normalize)
     params = {name: jnp.asarray(v, dtype=jnp.float64) for name, v in params.items()}
     stop = () if c.strategy == "bon" else (c.step_delimiter,)
-    return Strategy(proposer, defers, uses_ratio, compiled, params, stop)
+    return Strategy(proposer, per_beam, defers, uses_ratio, compiled, params, stop)
 
 
 @functools.lru_cache(maxsize=16)
@@ -190,6 +203,15 @@ def _compiled_target_selector(k, mode):
     )
     back = jax.vmap(lambda r, t: S.should_switch_back(r, t), in_axes=(0, None))
     return jax.jit(select), jax.jit(back)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_smc_update(resampling):
+    def one(key, log_w, log_norm, log_g, ess_threshold, last):
+        return S.smc_update(key, log_w, log_norm, log_g, ess_threshold=ess_threshold, last=last,
+                            resampling=resampling)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None, 0)))
 
 
 _COMPILED_SHAPES: set = set()
@@ -211,6 +233,12 @@ def _call(call, fn, *args):
 def _problem_keys(root, problem_indices, step, salt):
     fold = jax.random.fold_in
     return jax.vmap(lambda i: fold(fold(fold(root, i), step), salt))(problem_indices)
+
+
+@jax.jit
+def _output_key(root, problem_index):
+    """The key of a problem's final draw (aggregation "sample")."""
+    return jax.random.fold_in(jax.random.fold_in(root, problem_index), 5)
 
 
 def _bucket(p: int) -> int:
@@ -244,14 +272,26 @@ class _Candidate:
 
 
 @dataclass
+class _Particles:
+    """SMC's population: all ``n`` particles (finished ones included) and their weights."""
+
+    beams: list[Beam]
+    log_weights: np.ndarray  # carried since the last resampling
+    log_norm: float  # their logsumexp
+    log_Z: float = 0.0  # log of the normalising-constant estimate so far
+    trace: list[dict] = field(default_factory=list)
+
+
+@dataclass
 class _Problem:
     index: int
     question: str
-    beams: list[Beam]
+    beams: list[Beam]  # the active beams (for smc: the particles still moving)
     mode: str
     finished: list[Beam] = field(default_factory=list)
     error: str | None = None
     deferred_now: bool = False  # the draft phase of the current step deferred
+    particles: _Particles | None = None  # smc only
     counts: dict = field(default_factory=lambda: {
         "steps": 0, "draft_steps": 0, "target_steps": 0, "deferrals": 0,
         "nan_rewards": 0, "nan_logprobs": 0,
@@ -263,8 +303,9 @@ class _Problem:
 
 
 class _Search:
-    def __init__(self, models: Models, config: SearchConfig, ledger: Ledger, pool: ThreadPoolExecutor):
-        self.m, self.c, self.ledger, self.pool = models, config, ledger, pool
+    def __init__(self, models: Models, config: SearchConfig, ledger: Ledger, pool: ThreadPoolExecutor,
+                 max_steps: int):
+        self.m, self.c, self.ledger, self.pool, self.max_steps = models, config, ledger, pool, max_steps
         self.strategy = strategy_for(config)
         c = config
         # Target candidates (after a deferral, or in target mode) are kept by
@@ -274,6 +315,8 @@ class _Search:
         self.switch_back_threshold = jnp.float64(
             -np.inf if c.switch_back_threshold is None else c.switch_back_threshold)
         self.root_key = jax.random.key(c.seed)
+        self.smc_update = _compiled_smc_update(c.resampling)
+        self.ess_threshold = jnp.float64(c.ess_threshold)
 
     def model(self, role: str):
         model = self.m.draft if role == "draft" else self.m.target
@@ -292,7 +335,7 @@ class _Search:
     def propose(self, probs: list[_Problem], role: str, step: int, salt: int) -> dict[int, list[_Candidate]]:
         """``n // k`` steps per active beam from the ``role`` model, one call."""
         c, strategy = self.c, self.strategy
-        per_beam = c.n // c.k if c.strategy != "bon" else c.n
+        per_beam = strategy.per_beam
         states, owners = [], []
         for p in probs:
             for b, beam in enumerate(p.beams):
@@ -363,27 +406,7 @@ class _Search:
             uses_ratio = strategy.uses_ratio and strategy.proposer == "draft"
             self.score_parallel(propose_group, cands, step, with_target=uses_ratio)
             with self.ledger.record("loop", "selection", step, [p.index for p in propose_group]) as call:
-                width = max(len(cands[p.index]) for p in propose_group)
-                shape = (_bucket(len(propose_group)), width)
-                lt, ld, r = (np.full(shape, np.nan) for _ in range(3))
-                ntok, valid = np.ones(shape), np.zeros(shape, dtype=bool)
-                for i, p in enumerate(propose_group):
-                    xs = cands[p.index]
-                    m = len(xs)
-                    valid[i, :m] = True
-                    r[i, :m] = [x.reward for x in xs]
-                    ntok[i, :m] = [max(x.step.num_tokens, 1) for x in xs]
-                    lt[i, :m] = [x.logp_target for x in xs] if uses_ratio else 0.0
-                    ld[i, :m] = [x.step.logprob for x in xs] if uses_ratio else 0.0
-                    p.counts["nan_rewards"] += int(np.isnan(r[i, :m]).sum())
-                    p.counts["nan_logprobs"] += int((np.isnan(lt[i, :m]) | np.isnan(ld[i, :m])).sum())
-                scores, indices, deferred = (
-                    np.asarray(a) for a in _call(call, strategy.compiled, self.keys(call, propose_group, step, 1),
-                                                 lt, ld, r, ntok, valid, strategy.params)
-                )
-                for i, p in enumerate(propose_group):
-                    for x, sx in zip(cands[p.index], scores[i]):
-                        x.score = float(sx)
+                _, indices, deferred = self.select(call, propose_group, cands, step, uses_ratio)
             for i, p in enumerate(propose_group):
                 if deferred[i]:
                     p.counts["deferrals"] += 1
@@ -419,21 +442,88 @@ class _Search:
                 self.keep(p, kept, deferred=was_deferred)
                 p.mode = "draft" if back is None or back[i] else "target"
 
+    def select(self, call, probs, cands, step, uses_ratio):
+        """The strategy's scores (P, width) and selection (indices, deferred) of
+        every problem's candidates, in one compiled call."""
+        width = max(len(cands[p.index]) for p in probs)
+        shape = (_bucket(len(probs)), width)
+        lt, ld, r = (np.full(shape, np.nan) for _ in range(3))
+        ntok, valid = np.ones(shape), np.zeros(shape, dtype=bool)
+        for i, p in enumerate(probs):
+            xs = cands[p.index]
+            m = len(xs)
+            valid[i, :m] = True
+            r[i, :m] = [x.reward for x in xs]
+            ntok[i, :m] = [max(x.step.num_tokens, 1) for x in xs]
+            lt[i, :m] = [x.logp_target for x in xs] if uses_ratio else 0.0
+            ld[i, :m] = [x.step.logprob for x in xs] if uses_ratio else 0.0
+            p.counts["nan_rewards"] += int(np.isnan(r[i, :m]).sum())
+            p.counts["nan_logprobs"] += int((np.isnan(lt[i, :m]) | np.isnan(ld[i, :m])).sum())
+        scores, indices, deferred = (
+            np.asarray(a) for a in _call(call, self.strategy.compiled, self.keys(call, probs, step, 1),
+                                         lt, ld, r, ntok, valid, self.strategy.params)
+        )
+        for i, p in enumerate(probs):
+            for x, sx in zip(cands[p.index], scores[i]):
+                x.score = float(sx)
+        return scores, indices, deferred
+
+    def smc_step(self, probs: list[_Problem], step: int) -> None:
+        """Every moving particle proposes one step; `S.smc_update` reweights
+        all ``n`` particles by exp(score) (1 for finished ones) and resamples."""
+        c, strategy = self.c, self.strategy
+        cands = self.propose(probs, strategy.proposer, step, salt=0)
+        uses_ratio = strategy.uses_ratio and strategy.proposer == "draft"
+        self.score_parallel(probs, cands, step, with_target=uses_ratio)
+        with self.ledger.record("loop", "selection", step, [p.index for p in probs]) as call:
+            scores, _, _ = self.select(call, probs, cands, step, uses_ratio)
+            shape = (_bucket(len(probs)), c.n)
+            log_w, log_g = np.zeros(shape), np.zeros(shape)
+            log_norm, last = np.full(shape[0], math.log(c.n)), np.ones(shape[0], dtype=bool)
+            moving = {}
+            for i, p in enumerate(probs):
+                moving[p.index] = [j for j, b in enumerate(p.particles.beams) if b.finish is None]
+                log_g[i, moving[p.index]] = scores[i, : len(moving[p.index])]
+                log_w[i], log_norm[i] = p.particles.log_weights, p.particles.log_norm
+                # no resampling after the last step: the output is drawn by the final weights
+                ends = [x.step.finish_reason in ("eos", "length") for x in cands[p.index]]
+                last[i] = all(ends) or step == self.max_steps - 1
+            update = jax.tree.map(np.asarray, _call(call, self.smc_update, self.keys(call, probs, step, 4),
+                                                    log_w, log_norm, log_g, self.ess_threshold, last))
+        for i, p in enumerate(probs):
+            pop = p.particles
+            beams = list(pop.beams)
+            for j, x in zip(moving[p.index], cands[p.index]):
+                beams[j] = self.child(beams[j], x, deferred=False)
+            pop.beams = [beams[a] for a in update.ancestors[i]]
+            pop.log_weights, pop.log_norm = update.log_weights[i], float(update.log_norm[i])
+            pop.log_Z += float(update.log_Z_increment[i])
+            resampled = bool(update.resampled[i])
+            pop.trace.append({"step": step, "active": len(moving[p.index]), "ess": float(update.ess[i]),
+                              "resampled": resampled, "log_Z": pop.log_Z})
+            p.counts["steps"] += 1
+            p.counts[f"{strategy.proposer}_steps"] += 1
+            p.counts["resamplings"] = p.counts.get("resamplings", 0) + resampled
+            if not np.isfinite(update.log_Z_increment[i]):
+                p.error = "every particle has weight zero (NaN or -inf scores)"
+            p.beams = [b for b in pop.beams if b.finish is None]
+
+    def child(self, parent: Beam, x: _Candidate, *, deferred: bool) -> Beam:
+        """``parent`` extended by candidate ``x``."""
+        rec = StepRecord(
+            text=x.step.text, source=x.source, score=x.score, reward=x.reward, deferred=deferred,
+            num_tokens=x.step.num_tokens, logp_draft=x.step.logprob if x.source == "draft" else x.logp_target,
+            logp_target=x.logp_target if x.source == "draft" else x.step.logprob,
+        )
+        finish = x.step.finish_reason if x.step.finish_reason in ("eos", "length") else None
+        if self.c.strategy == "bon":
+            finish = finish or "eos"
+        return Beam(x.state, parent.records + (rec,), x.step_rewards, finish)
+
     def keep(self, p: _Problem, kept: list[_Candidate], *, deferred: bool) -> None:
         """Replace ``p``'s active beams by the kept candidates (at most as many as were active)."""
         kept = kept[: len(p.beams)] if self.c.strategy != "bon" else kept
-        beams = []
-        for x in kept:
-            parent = p.beams[x.beam]
-            rec = StepRecord(
-                text=x.step.text, source=x.source, score=x.score, reward=x.reward, deferred=deferred,
-                num_tokens=x.step.num_tokens, logp_draft=x.step.logprob if x.source == "draft" else x.logp_target,
-                logp_target=x.logp_target if x.source == "draft" else x.step.logprob,
-            )
-            finish = x.step.finish_reason if x.step.finish_reason in ("eos", "length") else None
-            if self.c.strategy == "bon":
-                finish = finish or "eos"
-            beams.append(Beam(x.state, parent.records + (rec,), x.step_rewards, finish))
+        beams = [self.child(p.beams[x.beam], x, deferred=deferred) for x in kept]
         p.counts["steps"] += 1
         p.counts["target_steps" if kept and kept[0].source == "target" else "draft_steps"] += 1
         p.finished += [b for b in beams if b.finish is not None]
@@ -470,22 +560,25 @@ def run_search(
     for i, q in enumerate(questions):
         if not isinstance(q, str) or not q.strip():
             raise ValueError(f"question {i} is empty or not a string: {q!r}")
-    if config.strategy in ("specs", "rsd") and models.draft is None:
-        raise ValueError(f"strategy {config.strategy!r} needs a draft model")
-    if config.strategy in ("beam", "bon") and config.generator == "draft" and models.draft is None:
-        raise ValueError("generator='draft' needs a draft model")
+    for role in sorted(config.roles):
+        if getattr(models, role) is None:
+            raise ValueError(f"strategy {config.strategy!r} (generator {config.generator!r}) needs a {role} model")
     ledger = ledger or Ledger()
     first = "draft" if config.strategy == "rsd" else config.first_step
     probs = [_Problem(i, q, [Beam(State(q))], first) for i, q in enumerate(questions)]
+    if config.strategy == "smc":
+        for p in probs:
+            p.beams = [p.beams[0]] * config.n
+            p.particles = _Particles(list(p.beams), np.zeros(config.n), math.log(config.n))
     max_steps = 1 if config.strategy == "bon" else config.max_steps
     with ThreadPoolExecutor(max_workers=2) as pool:
-        search = _Search(models, config, ledger, pool)
+        search = _Search(models, config, ledger, pool, max_steps)
         for step in range(max_steps):
             active = [p for p in probs if p.active]
             if not active:
                 break
             try:
-                search.step(active, step)
+                (search.smc_step if config.strategy == "smc" else search.step)(active, step)
             except Exception as exc:  # a failed model call: end these problems, loudly
                 for p in active:
                     p.error = f"{type(exc).__name__}: {exc}"
@@ -494,11 +587,16 @@ def run_search(
     ledger.finish()
     results = []
     for p in probs:
-        for b in p.beams:  # still active after max_steps
-            p.finished.append(Beam(b.state, b.records, b.step_rewards, "max_steps"))
-        res = SearchResult(p.question, finished=p.finished, error=p.error, counts=dict(p.counts))
+        if p.particles is not None:  # every particle is an output, with its final weight
+            p.finished = [replace(b, log_weight=float(w)) for b, w in zip(p.particles.beams, p.particles.log_weights)]
+            p.finished = [b if b.finish else replace(b, finish="max_steps") for b in p.finished]
+        else:
+            p.finished += [replace(b, finish="max_steps") for b in p.beams]  # still active after max_steps
+        res = SearchResult(p.question, finished=p.finished, error=p.error, counts=dict(p.counts),
+                           smc=p.particles.trace if p.particles is not None else [])
         if p.error is None and p.finished:
-            best = choose_answer(p.finished, config.aggregation, config.step_delimiter)
+            key = _output_key(search.root_key, p.index) if config.aggregation == "sample" else None
+            best = choose_answer(p.finished, config.aggregation, config.step_delimiter, key=key)
             res.text = config.step_delimiter.join(best.state.steps)
             res.steps = list(best.records)
             res.answer = best_answer(res.text)

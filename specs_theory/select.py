@@ -30,7 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from specs_theory.resample import categorical_draws
+from specs_theory.resample import categorical_draws, get_resampler, unnormalised
 
 __all__ = [
     "candidate_scores",
@@ -42,6 +42,8 @@ __all__ = [
     "select_step",
     "select_target",
     "StepSelection",
+    "smc_update",
+    "SMCUpdate",
 ]
 
 
@@ -311,3 +313,68 @@ def select_target(key, rewards, k, *, mode="greedy", temperature=1.0, reward_wei
         scores = jnp.where(jnp.isnan(rewards), jnp.nan, scores)
         return subsample(key, scores, k, temperature=temperature, replace=replace)
     raise ValueError(f"mode must be 'greedy' or 'soft', got {mode!r}")
+
+
+# --------------------------------------------------------------------------
+# one step of sequential Monte Carlo (THEORY.md 4)
+
+
+class SMCUpdate(NamedTuple):
+    """Outcome of one SMC reweighting (and possibly resampling) step.
+
+    ancestors: (N,) int32, the particle each slot continues from (the identity
+      when not resampled).
+    log_weights: (N,) log-weights carried into the next step (zeros after
+      resampling).
+    log_norm: logsumexp of ``log_weights`` (log N after resampling).
+    log_Z_increment: log of this step's factor of Zhat, sum_i Wbar_i G_i with
+      Wbar the normalised weights carried into the step.
+    ess: (sum w)^2 / sum w^2 of the reweighted particles, before resampling.
+    resampled: scalar bool.
+    """
+
+    ancestors: jax.Array
+    log_weights: jax.Array
+    log_norm: jax.Array
+    log_Z_increment: jax.Array
+    ess: jax.Array
+    resampled: jax.Array
+
+
+def smc_update(key, log_weights, log_norm, log_increments, *, ess_threshold=1.0, last=False,
+               resampling="multinomial") -> SMCUpdate:
+    """Reweight N particles by their incremental weights G, then resample.
+
+    ``log_weights`` (N,) are the log-weights carried since the last
+    resampling and ``log_norm`` their logsumexp; ``log_increments`` (N,) are
+    log G (``-inf``: weight zero; 0 for a particle that no longer moves).
+    The particles are resampled with ``resample.get_resampler(resampling)``
+    unless ``last``: always when ``ess_threshold >= 1``, else when ESS/N <
+    ``ess_threshold`` (0: never). Zhat is the product over steps of
+    ``exp(log_Z_increment)``; it is unbiased for Z. ``resampling`` is static.
+    """
+    log_weights = _float(_check_1d("log_weights", log_weights))
+    log_increments = _float(_check_1d("log_increments", log_increments))
+    if log_increments.shape != log_weights.shape:
+        raise ValueError(f"log_increments {log_increments.shape} and log_weights {log_weights.shape} differ in shape")
+    resampler = get_resampler(resampling)
+    n = log_weights.shape[0]
+    log_w = log_weights + jnp.where(jnp.isnan(log_increments), -jnp.inf, log_increments)
+    # The logsumexp and the ESS from one exponentiation of the shifted
+    # log-weights (the resampler's own, which XLA then computes once).
+    top = jnp.max(log_w)
+    w = unnormalised(log_w)
+    total = jnp.sum(w)
+    lse = jnp.where(jnp.isfinite(top), top + jnp.log(total), -jnp.inf)
+    ess = total * total / jnp.sum(w * w)
+    ess = jnp.where(jnp.isfinite(top), ess, 0.0)
+    do = ~jnp.asarray(last) & jnp.isfinite(top) & ((ess_threshold >= 1.0) | (ess < ess_threshold * n))
+    ancestors = jnp.where(do, resampler(key, log_w, n), jnp.arange(n, dtype=jnp.int32))
+    return SMCUpdate(
+        ancestors=ancestors,
+        log_weights=jnp.where(do, jnp.zeros_like(log_w), log_w),
+        log_norm=jnp.where(do, jnp.log(float(n)), lse),
+        log_Z_increment=lse - log_norm,
+        ess=ess,
+        resampled=do,
+    )

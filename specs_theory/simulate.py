@@ -548,42 +548,28 @@ def simulate_best_of_n(key, mdp, n: int, num_runs: int, *, generator: str = "tar
 
 
 def _smc_run(key, mdp, tables, ess_threshold, *, N, resampling):
-    resampler = resample.get_resampler(resampling)
     K, H = mdp.K, mdp.H
-    log_N = jnp.log(float(N))
 
     def block(carry, inputs):
-        # log_w: log-weights carried since the last resampling; lse_before:
+        # log_w: log-weights carried since the last resampling; log_norm:
         # their logsumexp.
-        particles, log_w, lse_before, log_Z = carry
+        particles, log_w, log_norm, log_Z = carry
         ((k_draw, k_resample), offset), last = inputs
         rows = offset + particles
         y = _draw(_uniforms(k_draw, (N,)), tables.draft_cdf, rows)
         # Exponentiated score G = pi_t/pi_d * exp(A*/beta), in log space.
         log_G = tables.log_weight[rows * K + y]  # select.candidate_scores, see _tables
-        particles = particles * K + y
-        log_w = log_w + log_G
-        # Zhat *= sum_i Wbar_i G_i (Wbar the normalised carried weights)
-        #       = sum_i w_i G_i / sum_i w_i, and the ESS (sum w)^2 / sum w^2,
-        # from one exponentiation of the shifted log-weights (the resampler's
-        # own, which XLA then computes once).
-        top = jnp.max(log_w)
-        w = resample.unnormalised(log_w)
-        total = jnp.sum(w)
-        lse = jnp.where(jnp.isfinite(top), top + jnp.log(total), -jnp.inf)
-        log_Z = log_Z + lse - lse_before
-        ess = total * total / jnp.sum(w * w)
-        do = ~last & ((ess_threshold >= 1.0) | (ess < ess_threshold * N))
-        ancestors = resampler(k_resample, log_w, N)
-        particles = jnp.where(do, particles[ancestors], particles)
-        log_w = jnp.where(do, jnp.zeros_like(log_w), log_w)
-        return (particles, log_w, jnp.where(do, log_N, lse), log_Z), (ess, do)
+        step = select.smc_update(k_resample, log_w, log_norm, log_G, ess_threshold=ess_threshold, last=last,
+                                 resampling=resampling)
+        particles = (particles * K + y)[step.ancestors]
+        carry = (particles, step.log_weights, step.log_norm, log_Z + step.log_Z_increment)
+        return carry, (step.ess, step.resampled)
 
     inputs, key_out = _block_inputs(key, K, H, 2)
     # The barrier keeps XLA from constant-folding the first block over the
     # (num_runs, N) broadcast of this constant state (seconds at N = 1).
     init = jax.lax.optimization_barrier(
-        (jnp.zeros((N,), jnp.int32), jnp.zeros((N,)), log_N, jnp.zeros(()))
+        (jnp.zeros((N,), jnp.int32), jnp.zeros((N,)), jnp.log(float(N)), jnp.zeros(()))
     )
     last = jnp.arange(H) == H - 1
     (particles, log_w, _, log_Z), (ess, resampled) = jax.lax.scan(block, init, (inputs, last))
