@@ -20,6 +20,8 @@ import argparse
 import json
 import sys
 
+from .config import AGGREGATIONS, RESAMPLING, STRATEGIES
+
 __all__ = ["main", "build_parser"]
 
 
@@ -60,16 +62,18 @@ def _generate(args) -> int:
         "ratio_weight": args.ratio_weight, "threshold": args.threshold, "target_mode": args.target_mode,
         "switch_back_threshold": args.switch_back_threshold, "first_step": args.first_step,
         "generator": args.generator, "max_steps": args.max_steps, "max_step_tokens": args.max_step_tokens,
-        "aggregation": args.aggregation, "seed": args.seed,
+        "aggregation": args.aggregation, "seed": args.seed, "resampling": args.resampling,
+        "ess_threshold": args.ess_threshold,
     }.items() if v is not None}
     if args.no_threshold:
         overrides["threshold"] = None
     if args.length_normalize:
         overrides["length_normalize"] = True
     config = SearchConfig(**overrides)
-    needs_draft = config.strategy in ("specs", "rsd") or config.generator == "draft"
+    needs_draft = "draft" in config.roles
     if needs_draft and not args.draft:
-        raise SystemExit(f"error: --draft is required for strategy {config.strategy!r}")
+        raise SystemExit(f"error: --draft is required for strategy {config.strategy!r} "
+                         f"(generator {config.generator!r})")
     options = json.loads(args.backend_options) if args.backend_options else {}
     models = load_models(
         args.backend, draft=args.draft if needs_draft else None, target=args.target, prm=args.prm,
@@ -96,6 +100,11 @@ def _print_trace(out: dict) -> None:
         reward = "nan" if s["reward"] is None else f"{s['reward']:8.4f}"
         text = s["text"].replace("\n", "\\n")
         print(f"{i:4d}  {s['source']:6s}  {str(s['deferred']):8s}  {score:>9s}  {reward:>8s}  {s['num_tokens']:6d}  {text[:60]}")
+    if out["smc"]:
+        print("\nSMC  step  moving      ESS  resampled     log Zhat")
+        for t in out["smc"]:
+            print(f"     {t['step']:4d}  {t['active']:6d}  {t['ess']:7.2f}  {str(t['resampled']):9s}  {t['log_Z']:11.4f}")
+        print(f"     {out['counts']['resamplings']} resampling event(s); {out['num_finished_beams']} particles at the end")
     print(f"\nanswer: {out['answer']}")
     t = out["run_timing"]
     print(f"\nlatency {t['wall_seconds']:.3f} s (loop overhead {t['loop_overhead_seconds']:.3f} s)")
@@ -198,18 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prm", required=True, help="PRM directory (or server URL)")
     gen.add_argument("--prm-convention", choices=("value_head", "step_tag"), default="value_head")
     gen.add_argument("--question", required=True)
-    gen.add_argument("--strategy", choices=("specs", "beam", "bon", "rsd"))
+    gen.add_argument("--strategy", choices=STRATEGIES)
     for name, typ in (("n", int), ("k", int), ("temperature", float), ("sampling-temperature", float),
                       ("reward-weight", float), ("ratio-weight", float), ("threshold", float),
                       ("switch-back-threshold", float), ("max-steps", int), ("max-step-tokens", int),
-                      ("seed", int)):
+                      ("seed", int), ("ess-threshold", float)):
         gen.add_argument(f"--{name}", type=typ, dest=name.replace("-", "_"))
     gen.add_argument("--no-threshold", action="store_true", help="never defer on the score")
     gen.add_argument("--length-normalize", action="store_true")
     gen.add_argument("--target-mode", choices=("greedy", "soft"))
     gen.add_argument("--first-step", choices=("target", "draft"))
-    gen.add_argument("--generator", choices=("target", "draft"), help="proposer for beam/bon")
-    gen.add_argument("--aggregation", choices=("score", "prm_last", "prm_min", "prm_prod", "vote"))
+    gen.add_argument("--generator", choices=("target", "draft"), help="proposer for beam/bon/smc")
+    gen.add_argument("--aggregation", choices=AGGREGATIONS)
+    gen.add_argument("--resampling", choices=RESAMPLING, help="SMC resampling scheme")
     gen.add_argument("--backend-options", help='JSON dict passed to each model, e.g. \'{"max_model_len": 256}\'')
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     gen.set_defaults(func=_generate)

@@ -537,7 +537,6 @@ def _check_settings(ctx: _Ctx, recipe: Recipe) -> None:
         if bon:
             raise ctx.fail("methods", f"best-of-n needs whole responses, which the mdp backend does not "
                                       f"generate (one block per call): {bon}")
-    needs_draft = any(s.config.strategy in ("specs", "rsd") or s.config.generator == "draft"
-                      and s.config.strategy in ("beam", "bon") for s in settings)
+    needs_draft = any("draft" in s.config.roles for s in settings)
     if recipe.backend.kind != "mdp" and needs_draft and recipe.backend.draft is None:
         raise ctx.fail("backend.draft", "a method needs the draft model but the backend names none")

@@ -85,7 +85,7 @@ RECORD_FIELDS = (
     "status", "error", "prediction", "gold", "correct", "score", "reward", "grade_status", "grade_detail",
     "latency_s", "batch_wall_s", "batch_size", "models", "phases", "steps", "steps_by_source",
     "deferrals", "nan_rewards", "nan_logprobs", "step_sources", "step_deferred", "step_rewards",
-    "finish", "text", "time",
+    "finish", "smc", "text", "time",
 )
 MAX_FAILED_BATCHES = 3
 
@@ -268,13 +268,6 @@ def recipe_mdp(backend: BackendSpec):
     return _LOADED[cache_key]
 
 
-def _roles_needed(setting: Setting) -> set[str]:
-    c = setting.config
-    if c.strategy in ("specs", "rsd"):
-        return {"draft", "target", "prm"}
-    return {c.generator, "prm"}
-
-
 def recipe_models(recipe: Recipe, setting: Setting):
     """The `Models` a setting needs (others None), loaded once per process."""
     from .search import Models
@@ -282,7 +275,7 @@ def recipe_models(recipe: Recipe, setting: Setting):
     if recipe.backend.kind == "mdp":
         _, draft, target, prm = recipe_mdp(recipe.backend)
         return Models(draft, target, prm)
-    need = _roles_needed(setting)
+    need = setting.config.roles
     delim = setting.config.step_delimiter
     loaded = {r: _load_one(recipe.backend, r, delim) if r in need else None for r in ("draft", "target", "prm")}
     return Models(loaded["draft"], loaded["target"], loaded["prm"])
@@ -413,6 +406,7 @@ def _record(problem: RecipeProblem, setting: Setting, seed: int, result, *, grad
         "step_deferred": [bool(s.deferred) for s in steps],
         "step_rewards": [None if s.reward != s.reward else float(s.reward) for s in steps],
         "finish": None,  # filled by the caller: the chosen beam's finish reason
+        "smc": list(result.smc),  # per step: moving particles, ESS, resampled, log Zhat (smc only)
         "text": result.text if save_text else None,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -233,6 +233,7 @@ else:
         dict(strategy="beam", generator="draft", n=4, k=1),
         dict(strategy="bon", n=4, aggregation="vote"),
         dict(strategy="rsd", n=1, threshold=0.5),
+        dict(strategy="smc", n=4, generator="draft", reward_weight=10.0, aggregation="sample"),
     ]
 
     @pytest.mark.parametrize("cfg", SEARCHES, ids=[f"{c['strategy']}-{i}" for i, c in enumerate(SEARCHES)])
@@ -252,7 +253,8 @@ else:
             assert a.text is not None and a.steps
             assert all(s.source in ("draft", "target") for s in a.steps)
             assert a.to_dict()["steps"] == b.to_dict()["steps"]
+            assert a.smc == b.smc and bool(a.smc) == (cfg["strategy"] == "smc")
         by_model = ledger.summary()["by_model"]
         assert by_model["prm"]["calls"] > 0
-        if cfg.get("generator") == "draft":
+        if "target" not in SearchConfig(**cfg).roles:
             assert "target" not in by_model

@@ -402,3 +402,33 @@ def test_server_killed_mid_run_then_restarted(servers, remote):
     again = run_search(QUESTIONS, models, config)  # the same client objects reconnect
     assert all(r.error is None and r.finished for r in again)
     assert [r.text for r in again] == [r.text for r in baseline]  # seeded: the same answers as before the kill
+
+
+def test_specs_run_smc_through_the_servers(servers, tiny, tmp_path):
+    """`specs run` with strategy smc on the openai_server backend: the draft
+    proposes (the same tiny model as the target here), the target server
+    scores the log-ratio, the PRM server weighs; traces land in the records."""
+    import json
+
+    import yaml
+
+    from specs_llm.runner import run_recipe
+
+    lm, prm = servers
+    model = {"url": lm.url, "options": {"tokenizer_path": tiny["target"]}}
+    recipe = tmp_path / "smc.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "smc-server", "datasets": [{"name": "testbed", "limit": 2}],
+        "backend": {"kind": "openai_server", "options": {"max_retries": 2}, "draft": model, "target": model,
+                    "prm": {"url": prm.url, "convention": "value_head", "options": {"tokenizer_path": tiny["prm"]}}},
+        "defaults": {"max_steps": 3, "max_step_tokens": 16, "sampling_temperature": 1.0},
+        "methods": [{"name": "smc", "config": {"strategy": "smc", "n": 4, "generator": "draft",
+                                               "reward_weight": 10.0, "ess_threshold": 0.5}}],
+        "seeds": [0], "batch_size": 2,
+    }))
+    out = run_recipe(recipe, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["status"] == "ok" for r in records), [r["error"] for r in records]
+    for r in records:
+        assert r["smc"] and all(0 < t["ess"] <= 4 + 1e-9 for t in r["smc"])
+        assert {"draft_generation", "target_scoring", "prm_scoring"} <= set(r["phases"])

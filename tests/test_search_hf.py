@@ -17,6 +17,8 @@ SEARCHES = [
     dict(strategy="beam", generator="draft", n=4, k=1, aggregation="prm_min"),
     dict(strategy="bon", n=4, aggregation="vote"),
     dict(strategy="rsd", n=1, threshold=0.5),
+    dict(strategy="smc", n=4, generator="draft", reward_weight=10.0, resampling="systematic", aggregation="sample"),
+    dict(strategy="smc", n=3, generator="target", ratio_weight=0.0, ess_threshold=0.5, aggregation="vote"),
 ]
 
 
@@ -39,10 +41,16 @@ def test_every_strategy_completes_and_reproduces(models, cfg):
         assert a.to_dict()["steps"] == b.to_dict()["steps"]
         assert a.timing["seconds"] > 0 and a.timing["by_model"]["prm"]["calls"] > 0
     summary = ledger.summary()
-    if cfg.get("generator") == "draft":
+    if "target" not in config.roles:
         assert "target" not in summary["by_model"]
     if cfg["strategy"] == "specs":
         assert "target_scoring" in summary["by_phase"] or cfg.get("first_step", "target") == "target"
+    if cfg["strategy"] == "smc":
+        for a, b in zip(first, again):
+            assert a.smc == b.smc and [t["step"] for t in a.smc] == list(range(len(a.smc)))
+            assert len(a.finished) == cfg["n"] and all(0 < t["ess"] <= cfg["n"] + 1e-9 for t in a.smc)
+        if cfg["generator"] == "draft":  # the exponentiated score needs the target's log-probs
+            assert "target_scoring" in summary["by_phase"]
 
 
 def test_specs_scores_are_the_documented_formula(models):
@@ -97,6 +105,20 @@ def test_cli_generate_trace_and_errors(tiny_models, capsys):
     rc = main(["generate", "--target", tiny_models["target"], "--prm", tiny_models["prm"], "--question", "Hi?",
                "--strategy", "beam", "--n", "3", "--k", "2"])
     assert rc == 2 and "n must be a multiple of k" in capsys.readouterr().err
+
+
+def test_cli_generate_smc_prints_ess_and_resampling(tiny_models, capsys):
+    from specs_llm.cli import main
+
+    rc = main(["generate", "--target", tiny_models["target"], "--prm", tiny_models["prm"], "--question", "Hi?",
+               "--strategy", "smc", "--generator", "target", "--ratio-weight", "0", "--n", "3",
+               "--resampling", "residual", "--max-steps", "3", "--max-step-tokens", "8"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "ESS" in out and "resampled" in out and "log Zhat" in out
+    assert "resampling event(s); 3 particles at the end" in out
+    with pytest.raises(SystemExit, match="--draft is required for strategy 'smc'"):
+        main(["generate", "--target", tiny_models["target"], "--prm", tiny_models["prm"], "--question", "Hi?",
+              "--strategy", "smc", "--generator", "draft"])
 
 
 def test_empty_question_is_rejected(models):

@@ -170,3 +170,29 @@ def test_bad_smc_settings():
         SearchConfig(strategy="smc", resampling="optimal")
     with pytest.raises(ValueError, match="ess_threshold must be >= 0"):
         SearchConfig(strategy="smc", ess_threshold=-0.5)
+
+
+def test_specs_run_smc_on_the_mdp_backend(tmp_path):
+    import json
+
+    import yaml
+
+    from specs_llm.runner import run_recipe
+
+    recipe = tmp_path / "smc.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "smc-mdp", "datasets": [{"name": "synthetic", "limit": 6}],
+        "backend": {"kind": "mdp", "mdp": {"K": 3, "H": 3, "beta": 0.5, "tokens_per_block": 4, "prm_kind": "a"}},
+        "defaults": {"sampling_temperature": 1.0, "n": 4},
+        "methods": [{"name": "smc", "config": {"strategy": "smc", "generator": "draft", "reward_weight": 2.0,
+                                               "aggregation": "sample"},
+                     "sweep": {"resampling": ["systematic", "residual"]}}],
+        "seeds": [0], "batch_size": 3,
+    }))
+    out = run_recipe(recipe, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 12 and all(r["status"] == "ok" for r in records)
+    for r in records:
+        assert r["strategy"] == "smc" and len(r["smc"]) == 3 and r["steps"] == 3
+        assert all(t["resampled"] == (t["step"] < 2) for t in r["smc"])
+        assert "target_scoring" in r["phases"] and "draft_generation" in r["phases"]
