@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import specs_theory  # noqa: F401  (float64)
 from specs_theory import select as S
 from specs_theory.gof import pooled_gof_pvalue
+from specs_theory.resample import RESAMPLERS
 
 M = 100_000  # Monte Carlo draws per law check
 
@@ -383,3 +384,59 @@ def test_property_with_replacement_picks_eligible(scores, k, seed, temperature):
         assert (out >= 0).all() and ok[out].all()
     else:
         assert (out == -1).all()
+
+
+# --------------------------------------------------------------------------
+# smc_update
+
+
+weights_st = st.lists(st.one_of(st.floats(-30, 30), st.just(float("-inf")), st.just(float("nan"))),
+                      min_size=1, max_size=8)
+
+
+@given(log_g=weights_st, carried=st.lists(st.floats(-5, 5), min_size=8, max_size=8),
+       ess_threshold=st.sampled_from([0.0, 0.3, 0.5, 1.0, 2.0]), last=st.booleans(),
+       resampling=st.sampled_from(sorted(RESAMPLERS)), seed=st.integers(0, 2**16))
+def test_property_smc_update(log_g, carried, ess_threshold, last, resampling, seed):
+    n = len(log_g)
+    g = np.array(log_g, dtype=np.float64)
+    w0 = np.array(carried[:n])
+    norm0 = float(np.logaddexp.reduce(w0))
+    out = S.smc_update(jax.random.key(seed), jnp.array(w0), norm0, jnp.array(g), ess_threshold=ess_threshold,
+                       last=last, resampling=resampling)
+    anc, lw, resampled = np.asarray(out.ancestors), np.asarray(out.log_weights), bool(out.resampled)
+    w = w0 + np.where(np.isnan(g), -np.inf, g)  # NaN increments weigh zero
+    alive = np.isfinite(w)
+    if not alive.any():  # every weight zero: Zhat is 0, nothing is resampled
+        assert out.log_Z_increment == -np.inf and not resampled and float(out.ess) == 0.0
+        return
+    lse = np.logaddexp.reduce(w[alive])
+    np.testing.assert_allclose(float(out.log_Z_increment), lse - norm0, rtol=1e-12, atol=1e-12)
+    p = np.exp(w - lse)
+    ess = 1.0 / np.sum(p**2)
+    np.testing.assert_allclose(float(out.ess), ess, rtol=1e-9)
+    assert 1.0 - 1e-9 <= float(out.ess) <= n + 1e-9
+    assert resampled == (not last and (ess_threshold >= 1 or ess < ess_threshold * n))
+    if resampled:
+        assert alive[anc].all()  # a zero-weight particle is never an ancestor
+        assert (lw == 0).all() and float(out.log_norm) == pytest.approx(np.log(n))
+    else:
+        np.testing.assert_array_equal(anc, np.arange(n))
+        np.testing.assert_allclose(lw[alive], w[alive], rtol=1e-12)
+        assert np.isneginf(lw[~alive]).all() and float(out.log_norm) == pytest.approx(lse, rel=1e-12, abs=1e-12)
+
+
+def test_smc_update_resamples_in_proportion_to_the_weights():
+    log_g = jnp.log(jnp.array([0.1, 0.0, 0.6, 0.3]))
+    draws = _draw(lambda k: S.smc_update(k, jnp.zeros(4), jnp.log(4.0), log_g, resampling="multinomial").ancestors,
+                  M // 4)
+    counts = np.bincount(draws.ravel(), minlength=4)
+    assert counts[1] == 0
+    assert pooled_gof_pvalue(counts, np.array([0.1, 0.0, 0.6, 0.3])) > 1e-4
+
+
+def test_smc_update_bad_input():
+    with pytest.raises(ValueError, match="differ in shape"):
+        S.smc_update(jax.random.key(0), jnp.zeros(3), 0.0, jnp.zeros(4))
+    with pytest.raises(ValueError, match="unknown resampling scheme 'optimal'"):
+        S.smc_update(jax.random.key(0), jnp.zeros(3), 0.0, jnp.zeros(3), resampling="optimal")
