@@ -115,9 +115,9 @@ class SearchResult:
 class Strategy:
     """What differs between strategies: who proposes, how candidates are kept.
 
-    ``select(keys, logp_target, logp_draft, reward, num_tokens, valid)``
-    (rows padded with ``valid = False``) returns ``(scores (P, n), indices
-    (P, k), deferred (P,))``: `candidate_scores`, then the strategy's
+    ``compiled(keys, logp_target, logp_draft, reward, num_tokens, valid,
+    params)`` (rows padded with ``valid = False``) returns ``(scores (P, n),
+    indices (P, k), deferred (P,))``: `candidate_scores`, then the strategy's
     selection function from `specs_theory.select`, vmapped over problems.
     """
 
@@ -128,9 +128,6 @@ class Strategy:
     compiled: Callable  # jit(vmap(score, keep)), shared by every strategy of this structure
     params: dict  # its traced settings
     stop: tuple[str, ...]
-
-    def select(self, keys, lt, ld, r, ntok, valid):
-        return self.compiled(keys, lt, ld, r, ntok, valid, self.params)
 
 
 def _keep_specs(key, s, r, valid, k, p, gate_on_reward):
@@ -294,7 +291,7 @@ class _Problem:
     particles: _Particles | None = None  # smc only
     counts: dict = field(default_factory=lambda: {
         "steps": 0, "draft_steps": 0, "target_steps": 0, "deferrals": 0,
-        "nan_rewards": 0, "nan_logprobs": 0,
+        "nan_rewards": 0, "nan_logprobs": 0, "resamplings": 0,
     })
 
     @property
@@ -503,7 +500,7 @@ class _Search:
                               "resampled": resampled, "log_Z": pop.log_Z})
             p.counts["steps"] += 1
             p.counts[f"{strategy.proposer}_steps"] += 1
-            p.counts["resamplings"] = p.counts.get("resamplings", 0) + resampled
+            p.counts["resamplings"] += resampled
             if not np.isfinite(update.log_Z_increment[i]):
                 p.error = "every particle has weight zero (NaN or -inf scores)"
             p.beams = [b for b in pop.beams if b.finish is None]
