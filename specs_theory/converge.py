@@ -47,8 +47,17 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_experiments(mdp, *, quick: bool, seed: int, only=None, log=_log):
-    """Run the experiments (all, or the names in ``only``); returns (records, facts)."""
+# Multi-beam SPECS (k > 1, Monte Carlo; docs/multibeam.md), only in `specs theory converge`.
+MULTIBEAM = {
+    False: dict(ks=(2, 4), ns=(4, 8, 16, 32, 64, 128), budgets=(16, 64), budget_ks=(1, 2, 4, 8, 16),
+                num_runs=200_000),
+    True: dict(ks=(2,), ns=(4, 16), budgets=(), budget_ks=(), num_runs=20_000, beam=False),
+}
+
+
+def run_experiments(mdp, *, quick: bool, seed: int, only=None, log=_log, multibeam: bool = False):
+    """Run the experiments (all, or the names in ``only``; "multibeam" only
+    when ``multibeam``); yields (name, records, facts) after each."""
     s = SETTINGS[bool(quick)]
     plan = [
         ("E1", lambda: E.e1_gibbs(mdp, seed=seed, num_perturbations=s["perturbations"])),
@@ -63,6 +72,8 @@ def run_experiments(mdp, *, quick: bool, seed: int, only=None, log=_log):
         ("E10", lambda: E.e10_hard_prm(mdp)),
         ("gaps", lambda: E.objective_gaps(mdp, ns=E.powers_of_two(s["gap_top"]))),
     ]
+    if multibeam:
+        plan.append(("multibeam", lambda: E.multibeam(mdp, seed=seed, **MULTIBEAM[bool(quick)])))
     records, facts = [], {}
     for name, fn in plan:
         if only is not None and name not in only:
@@ -86,7 +97,7 @@ def run_converge(out_dir="out/converge", *, quick: bool = False, seed: int = 0, 
     _log(f"specs theory converge: instance {instance}, {'quick' if quick else 'full'} run -> {out}")
     t0 = time.perf_counter()
     result = {}
-    for _, records, facts in run_experiments(mdp, quick=quick, seed=seed):
+    for _, records, facts in run_experiments(mdp, quick=quick, seed=seed, multibeam=True):
         result = dict(instance=instance, quick=quick, asymptotic_constant=facts.get("E4", {}).get("c"),
                       facts=facts, records=records)
         _write(out, result)
@@ -143,10 +154,15 @@ def table(result: dict) -> str:
     if "E5" in f:
         for s in f["E5"]["slopes"]:
             lines.append(f"E5  tau={s['tau']:.3f}: forward-KL slope predicted {s['predicted']:.4f}, "
-                         f"measured {s['measured']:.4f} (n = 2048..4096)")
+                         f"measured {s['measured']:.4f} (n = {s.get('n', 2048)}..{2 * s.get('n', 2048)})")
     if "E7" in f:
         lines.append(f"E7  SMC mean Zhat {', '.join(f'{z:.4f}' for z in f['E7']['Z_mean'])}; "
                      f"Var slope {_fmt(f['E7']['var_slope'], '.2f')}")
+    if "multibeam" in f:
+        for sl in f["multibeam"]["slopes"]:
+            if sl["slope"] is not None and sl["divergence"] == "kl_forward":
+                lines.append(f"multibeam k={sl['k']} {sl['method']}: KL(pi*||p) slope {sl['slope']:.2f} (n >= 16), "
+                             f"KL = {sl['last'][1]:.2e} at n = {sl['last'][0]}")
     if "E10" in f:
         lines.append(f"E10 hard PRM: KL(pi*||limit) = {f['E10']['kl']:.2e}, J = {f['E10']['J_hard']:.5f} "
                      f"< J* = {f['E10']['J_star']:.5f}")
@@ -168,6 +184,9 @@ def plot_all(result: dict, out: Path) -> list[Path]:
 
     def by(exp, method):
         return [r for r in recs if r["experiment"] == exp and r["method"] == method]
+
+    def by_exp(exp):
+        return [r for r in recs if r["experiment"] == exp]
 
     # 1. KL vs n with bounds
     rows = by("E4", "specs")
@@ -251,7 +270,70 @@ def plot_all(result: dict, out: Path) -> list[Path]:
         a2.set_title("Zhat is unbiased for Z = 1")
         a2.grid(alpha=0.3)
         paths.append(_save(fig, out / "smc_vs_specs.png"))
+    mb = by_exp("multibeam")
+    if mb:
+        budgets = [b["total"] for b in result["facts"]["multibeam"]["budgets"]]
+        paths.append(plot_multibeam(mb, out / "multibeam.png", budgets))
     return paths
+
+
+def plot_multibeam(records, path: Path, budgets=()) -> Path:
+    """KL(pi*||p) and the objective gap vs n at fixed k, and the gap vs k at
+    a fixed total of candidates per block (docs/multibeam.md)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    styles = {"specs_k1_exact": ("k-o", "SPECS k=1 (exact)"), "beam_exact": ("C7-s", "beam k=1 (exact)")}
+    # k > 1 swept over n (the budget-only k have two points: right panel)
+    ks = sorted(k for k in {r["k"] for r in records if r["k"] > 1}
+                if len({r["n"] for r in records if r["k"] == k and r["method"] == "specs_uniform"}) >= 3)
+    for j, k in enumerate(ks):
+        styles[f"specs_uniform/{k}"] = (f"C{j}-o", f"SPECS k={k}, uniform beam")
+        styles[f"specs_best/{k}"] = (f"C{j}--^", f"SPECS k={k}, best-reward beam")
+        styles[f"beam_best/{k}"] = (f"C{j}:x", f"beam k={k}, best beam")
+    k_of = {k: [r for r in records if r["k"] == k] for k in {r["k"] for r in records}}
+    for name, (fmt, label) in styles.items():
+        method, _, k = name.partition("/")
+        rr = [r for r in (k_of[int(k)] if k else k_of[1]) if r["method"] == method]
+        by_n = {}
+        for r in rr:
+            by_n[r["n"]] = r
+        rr = [by_n[n] for n in sorted(by_n)]
+        if not rr:
+            continue
+        n = [r["n"] for r in rr]
+        floor = 1e-7
+        axes[0].loglog(n, [max(r["kl_forward"], floor) for r in rr], fmt, ms=4, label=label)
+        axes[1].loglog(n, [max(r["objective_gap"], floor) for r in rr], fmt, ms=4, label=label)
+    axes[0].set_ylabel("KL(pi* || p)  (nats)")
+    axes[1].set_ylabel("J(pi*) - J(p) = beta KL(p || pi*)")
+    for a in axes[:2]:
+        a.set_xscale("log", base=2)
+        a.set_xlabel("n (candidates per block, all beams together)")
+        a.grid(True, which="both", alpha=0.3)
+    axes[0].set_title("Multi-beam SPECS: distance to pi* vs n")
+    axes[1].set_title("KL-regularised objective gap vs n")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    for b_i, b in enumerate(budgets):
+        for method, fmt in (("specs_uniform", "-o"), ("specs_best", "--^"), ("beam_best", ":x")):
+            rr = sorted((r for r in records if r["n"] == b and (r["method"] == method or
+                         (r["k"] == 1 and r["method"] == {"specs_uniform": "specs_k1_exact", "specs_best": "specs_k1_exact",
+                                                          "beam_best": "beam_exact"}[method]))), key=lambda r: r["k"])
+            if rr:
+                axes[2].loglog([r["k"] for r in rr], [max(r["objective_gap"], 1e-7) for r in rr], f"C{b_i}{fmt}",
+                               ms=4, label=f"{method} (n = {b} in total)")
+    axes[2].set_xscale("log", base=2)
+    axes[2].set_xlabel("k beams (n // k candidates each)")
+    axes[2].set_ylabel("J(pi*) - J(p)")
+    axes[2].set_title("At a fixed total n per block")
+    axes[2].grid(True, which="both", alpha=0.3)
+    if budgets:
+        axes[2].legend(fontsize=7)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _save(fig, path: Path) -> Path:

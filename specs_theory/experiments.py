@@ -15,6 +15,7 @@ numbers from `specs_theory.exact` (float64, log space).
 from __future__ import annotations
 
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -34,12 +35,14 @@ __all__ = [
     "e3_monte_carlo",
     "e4_convergence",
     "e4_instances",
+    "e4_asymptotics",
     "e5_threshold",
     "e6_best_of_n",
     "e7_smc",
     "e8_block_vs_sequence",
     "e10_hard_prm",
     "objective_gaps",
+    "multibeam",
 ]
 
 # THEORY.md section 8, "main instance".
@@ -239,6 +242,89 @@ def e4_convergence(mdp: BlockMDP, *, top: int = 4096):
     return records, facts
 
 
+# Entry of Prop E's regime: n >= PROP_E_ENTRY * C, C = max_{s,y} pi*/pi_d.
+# The first correction is n^2 KL / c = 1 + a/n with |a| of the order of the
+# weights that carry pi*-mass, all <= C; over 40 random instances |a| <=
+# 3.4 C, so at n = 1000 C the ratio is within ~0.4% of 1 and the local slope
+# within ~0.005 of -2: a miss of the [0.9, 1.1] / [-2.1, -1.9] tolerances
+# there is a real failure, not a sweep that stopped early.
+PROP_E_ENTRY = 1000.0
+# Entry of the Theorem C1 bound's 1/n regime: n >= 10 max_{s,h} chi2_h(s)
+# (THEORY.md section 5); its local slope is then in [-1, -0.954].
+BOUND_ENTRY = 10.0
+N_MAX = 2**40
+# Entry of the SMC variance's 1/N regime: N >= SMC_ENTRY * sigma2 (Var(Zhat) <= 0.1).
+SMC_ENTRY = 10.0  # the evaluator keeps n(rho - 1) to 1e-7 relative there (float64)
+
+
+def _pow2_at_least(x: float) -> int:
+    return 2 ** max(0, math.ceil(math.log2(max(x, 1.0))))
+
+
+def e4_asymptotics(mdp: BlockMDP, *, start: int = 4096, n_max: int = N_MAX, budget_s: float = 120.0,
+                   entry_factor: float = PROP_E_ENTRY):
+    """Prop E and the Theorem C1 bound slope where their regimes begin.
+
+    The exact SPECS law costs the same at every n (Theorem A's evaluator
+    spans the log-weight range, not n), so the sweep continues from
+    ``start`` by factors of 4 until n >= n_E = ``entry_factor`` * C (the
+    entry of Prop E's regime, C = max pi*/pi_d), ``n_max`` or ``budget_s``
+    seconds.  The KL is `metrics.chain_kl_small` (terms of order (log rho)^2,
+    accurate to ~1e-6 relative at n = 2^40), the total mass of every state's
+    law is checked against 1 (Corollary A1, no zero weights under A1), and
+    Theorem C1's bound is evaluated in closed form over [n_C, 16 n_C],
+    n_C = 10 max chi2_h (its own regime).
+
+    Returns (records, facts); ``facts["reached"]`` says whether n_E was
+    reached, ``facts["n_entry"]`` is n_E (the n a NOT REACHED verdict needs).
+    """
+    t0 = time.perf_counter()
+    lstar = exact.optimal_policy(mdp)
+    c = float(bounds.sequence_prop_e_constant(mdp))
+    cov = bounds.coverage(mdp)
+    C = float(cov.C)
+    n_entry = entry_factor * C
+    target = _pow2_at_least(n_entry)
+
+    def point(n):
+        pol = exact.specs_policy(mdp, n).logp
+        kl_f = float(metrics.chain_kl_small(lstar, pol))
+        mass = max(float(jnp.max(jnp.abs(jnp.sum(jnp.exp(p), axis=-1) - 1.0))) for p in pol)
+        bound = float(bounds.sequence_bound(mdp, n).chain)
+        return kl_f, mass, bound
+
+    records, rows = [], []
+    n = max(int(start), 2)
+    exhausted = False
+    while True:
+        (kl_half, _, _), (kl_n, mass, bound) = point(n // 2), point(n)
+        slope = math.log(kl_n / kl_half) / math.log(2.0) if kl_n > 0 and kl_half > 0 else float("nan")
+        row = dict(n=n, kl=kl_n, n2_kl_over_c=n * n * kl_n / c, local_slope=slope, mass_error=mass, bound=bound,
+                   bound_slack=bound - kl_n)
+        rows.append(row)
+        records.append(_record("E4", "specs_asymptotic", n, kl_forward=kl_n, bound=bound, asymptote=c / n**2,
+                               **{k: v for k, v in row.items() if k not in ("n", "kl", "bound")}))
+        if n >= min(target, n_max):
+            break
+        if time.perf_counter() - t0 > budget_s:
+            exhausted = True
+            break
+        n = min(n * 4, _pow2_at_least(min(target, n_max)))
+    chi2_max = max(float(jnp.max(x)) for x in cov.chi2_states)
+    n_c = _pow2_at_least(BOUND_ENTRY * chi2_max)
+    bns = [n_c * 2**j for j in range(5)]
+    bvals = [float(bounds.sequence_bound(mdp, m).chain) for m in bns]
+    last = rows[-1]
+    facts = dict(
+        c=c, C=C, n_entry=n_entry, entry_factor=entry_factor, n_final=last["n"], reached=last["n"] >= n_entry,
+        budget_exhausted=exhausted, n2_kl_over_c_final=last["n2_kl_over_c"], final_local_slope=last["local_slope"],
+        max_mass_error=max(r["mass_error"] for r in rows), min_bound_slack=min(r["bound_slack"] for r in rows),
+        rows=rows, bound_entry=BOUND_ENTRY * chi2_max, bound_ns=bns, bound_values=bvals,
+        bound_slope=loglog_slope(bns, bvals), seconds=time.perf_counter() - t0,
+    )
+    return records, facts
+
+
 def e4_instances(specs: list[dict], *, top: int = 4096):
     """Prop E on several random instances: n^2 KL(top) / c and the final local slope."""
     records, out = [], []
@@ -272,6 +358,7 @@ def e5_threshold(mdp: BlockMDP, *, taus=None, ns=None, mc_ns=(4, 32), num_runs: 
         taus = [qmin - 0.01] + [float(np.quantile(np.concatenate([np.ravel(x) for x in Q]), q))
                                 for q in (0.25, 0.5, 0.75)] + [qmax + 0.01]
     ns = ns or powers_of_two(64)
+    C = float(bounds.coverage(mdp).C)
     records, mc, slopes = [], [], []
     for t_i, tau in enumerate(taus):
         limit = bounds.threshold_limit_policy(mdp, tau)
@@ -290,11 +377,14 @@ def e5_threshold(mdp: BlockMDP, *, taus=None, ns=None, mc_ns=(4, 32), num_runs: 
             ))
         # The slope is an n -> inf statement: the deferral transient (1 - a)^n
         # and the c/n^2 part must have died out, which on hard instances takes
-        # far more than n = 64. Measure it between n = 2048 and 4096 (exact).
+        # far more than n = 64. Measure it between n1 and 2 n1 (exact, as
+        # cheap at any n), n1 = max(2048, 1000 C) (Prop E's regime entry).
+        n1 = min(max(2048, _pow2_at_least(PROP_E_ENTRY * C)), N_MAX // 2)
         kl_far = [float(metrics.kl(star, sequence_logp(exact.specs_policy(mdp, m, threshold=tau).logp)))
-                  for m in (2048, 4096)]
-        slopes.append(dict(tau=tau, predicted=float(bounds.threshold_kl_slope(mdp, tau)),
-                           measured=(kl_far[1] - kl_far[0]) / 2048, measured_32_64=(
+                  for m in (n1, 2 * n1)]
+        slopes.append(dict(tau=tau, predicted=float(bounds.threshold_kl_slope(mdp, tau)), n=n1,
+                           reached=n1 >= PROP_E_ENTRY * C, n_entry=PROP_E_ENTRY * C,
+                           measured=(kl_far[1] - kl_far[0]) / n1, measured_32_64=(
                                (kl_by_n[64] - kl_by_n[32]) / 32 if 32 in kl_by_n and 64 in kl_by_n else None)))
         for j, n in enumerate(mc_ns):
             pol = exact.specs_policy(mdp, n, threshold=tau)
@@ -395,13 +485,19 @@ def e7_smc(mdp: BlockMDP, *, Ns=None, num_runs: int = 100_000, seed: int = 0, ch
     sh, _ = simulate.simulate_smc(jax.random.key(seed * 977 + 501), one, N_h1, check_runs)
     sir = np.asarray(exact.sir_law(one.draft_logp[0][0], exact.log_ratio(exact.optimal_policy(one)[0][0], one.draft_logp[0][0]), N_h1))
     gof_h1 = pooled_gof_pvalue(np.asarray(simulate.sequence_counts(sh, 6)), sir / sir.sum())
-    # Var(Zhat) = O(1/N) is asymptotic (1/N^2 terms steepen small N): fit the largest N
-    big = [i for i, N in enumerate(Ns) if N >= max(Ns) / 4]
+    # Var(Zhat) = O(1/N) is asymptotic: N Var(Zhat) -> sigma2 = sum_h E_{pi*} chi2_h
+    # (perfect twist, multinomial resampling every block; THEORY.md F2), and
+    # the 1/N^2 terms are relatively O(sigma2/N). Fit over the N of that
+    # regime, N >= SMC_ENTRY * sigma2, or report that it was not reached.
+    sigma2 = float(jnp.sum(bounds.coverage(mdp).chi2_levels))
+    N_entry = SMC_ENTRY * sigma2
+    big = [i for i, N in enumerate(Ns) if N >= N_entry]
     var_slope = loglog_slope(np.array(Ns)[big], np.array(zvar)[big]) if len(big) >= 2 else None
     mid = [i for i, N in enumerate(Ns) if 8 <= N <= 128]
     chi2_slope = loglog_slope(np.array(Ns)[mid], np.array(chi2s)[mid]) if len(mid) >= 2 else None
     z_ok = [abs(m - 1) <= 4 * s for m, s in zip(zmean, zse)]
     return records, dict(Ns=Ns, Z_mean=zmean, Z_se=zse, Z_within_4se=all(z_ok), var_slope=var_slope,
+                         Z_var=zvar, sigma2=sigma2, N_entry=N_entry, var_slope_Ns=[Ns[i] for i in big],
                          chi2=chi2s, chi2_slope=chi2_slope, gof_N1=gof_n1, gof_H1=gof_h1,
                          chi2_decreasing=bool(all(b < a for a, b in zip(chi2s, chi2s[1:]))))
 
@@ -462,3 +558,101 @@ def objective_gaps(mdp: BlockMDP, *, ns=None):
             records.append(_record("gaps", method, n, **_law_metrics(mdp, law, star),
                                    mean_reward=float(jnp.sum(jnp.exp(law) * mdp.reward))))
     return records, {}
+
+
+# --------------------------------------------------------------------------
+# multi-beam SPECS (k > 1): no theory; characterised by Monte Carlo
+
+
+def _debiased_divergences(mdp, counts, star):
+    """Forward/reverse KL and chi2 to pi* of a histogram (M runs), with the
+    leading plug-in bias removed: E KL(p_hat || pi*) = KL + (cells - 1)/(2M),
+    E KL(pi* || p_hat) = KL + sum_y pi*(1 - p)/(2 M p) (delta method; cells
+    with no count are floored at 1/(2M)), and Pearson's sum p(1-p)/(M pi*)."""
+    M = counts.sum()
+    p_hat = counts / M
+    pi = np.exp(np.asarray(star))
+    cells = int(np.sum(counts > 0))
+    log_p = _log(p_hat)
+    rev = float(metrics.kl(log_p, star)) - (cells - 1) / (2 * M)
+    p_floor = np.maximum(p_hat, 0.5 / M)
+    fwd = float(metrics.kl(star, jnp.log(p_floor))) - float(np.sum(pi * (1 - p_floor) / (2 * M * p_floor)))
+    chi2 = float(metrics.chi2(log_p, star)) - float(np.sum(p_hat * (1 - p_hat) / pi) / M)
+    return dict(kl_forward=fwd, kl_reverse=rev, chi2_to_pi_star=chi2, objective_gap=mdp.beta * rev,
+                tv=float(metrics.tv(star, log_p)), mean_reward=float(np.sum(p_hat * np.asarray(mdp.reward))),
+                noise_floor=math.sqrt(2 * max(cells - 1, 1)) / (2 * M))
+
+
+def multibeam(mdp: BlockMDP, *, ks=(2, 4), ns=(4, 8, 16, 32, 64, 128), budgets=(16, 64), budget_ks=(1, 2, 4, 8, 16),
+              num_runs: int = 200_000, seed: int = 0, beam: bool = True):
+    """Multi-beam SPECS (k beams, n candidates per block in total, n // k per
+    beam; `simulate.simulate_specs`) against k = 1 (exact) and beam search.
+
+    Two laws of the returned response are measured from the same runs:
+    ``best``, the final beam with the highest reward (what `simulate_specs`
+    and the LLM search return), and ``uniform``, a final beam chosen
+    uniformly (the pooled histogram of the k final beams).  KL to pi* in both
+    directions, chi2 and the objective gap J(pi*) - J(p) = beta KL(p||pi*) are
+    debiased plug-in estimates (`_debiased_divergences`).  Sweeps: n at fixed
+    k (``ks`` x ``ns``), and k at a fixed total of ``budgets`` candidates per
+    block (``budget_ks``).  Beam search (target generator, k beams, Monte
+    Carlo unless ``beam`` is False; k = 1 exact) is the baseline.
+    """
+    star = sequence_logp(exact.optimal_policy(mdp))
+    S = mdp.K**mdp.H
+    records = []
+
+    def mc(method, k, n, key):
+        if method == "specs":
+            samples, info = simulate.simulate_specs(key, mdp, n, num_runs, k=k)
+        else:
+            samples, info = simulate.simulate_beam_search(key, mdp, n, num_runs, k=k, generator="target")
+        best = np.asarray(simulate.sequence_counts(samples, S))
+        uniform = np.asarray(simulate.sequence_counts(info.beams, S))
+        return best, uniform
+
+    configs = sorted({(k, n) for k in (1,) + tuple(ks) for n in ns if n >= k}
+                     | {(k, b) for b in budgets for k in budget_ks if b >= k})
+    for i, (k, n) in enumerate(configs):
+        key = jax.random.key(seed * 7127 + i)
+        if k == 1:
+            law = sequence_logp(exact.specs_policy(mdp, n).logp)
+            m = _law_metrics(mdp, law, star)
+            records.append(_record("multibeam", "specs_k1_exact", n, k=k, **m, chi2_to_pi_star=metrics.chi2(law, star),
+                                   mean_reward=float(jnp.sum(jnp.exp(law) * mdp.reward))))
+            beam_law = sequence_logp(exact.beam_policy(mdp, n, generator="target"))
+            records.append(_record("multibeam", "beam_exact", n, k=k, **_law_metrics(mdp, beam_law, star),
+                                   mean_reward=float(jnp.sum(jnp.exp(beam_law) * mdp.reward))))
+        for method in ("specs",) + (("beam",) if k > 1 and beam else ()):
+            best, uniform = mc(method, k, n, key)
+            for agg, counts in (("best", best), ("uniform", uniform)):
+                if k == 1 and agg == "uniform":
+                    continue
+                records.append(_record("multibeam", f"{method}_{agg}", n, k=k, num_runs=num_runs,
+                                       **_debiased_divergences(mdp, counts, star)))
+    return records, _multibeam_facts(records, ks, budgets)
+
+
+def _multibeam_facts(records, ks, budgets):
+    """Fitted log-log slopes of the KL vs n (n >= 16) for each k and law."""
+    out = dict(slopes=[], budgets=[])
+    for k in ks:
+        for method in ("specs_best", "specs_uniform"):
+            rr = sorted((r for r in records if r["method"] == method and r["k"] == k and r["n"] >= 16), key=lambda r: r["n"])
+            for name in ("kl_forward", "kl_reverse"):
+                pts = [(r["n"], r[name]) for r in rr if r[name] > 0]
+                slope = loglog_slope(*zip(*pts)) if len(pts) >= 2 else None
+                out["slopes"].append(dict(k=k, method=method, divergence=name, slope=slope,
+                                          last=pts[-1] if pts else None))
+    rr = sorted((r for r in records if r["method"] == "specs_k1_exact" and r["n"] >= 16), key=lambda r: r["n"])
+    if len(rr) >= 2:
+        out["slopes"].append(dict(k=1, method="specs_k1_exact", divergence="kl_forward",
+                                  slope=loglog_slope([r["n"] for r in rr], [r["kl_forward"] for r in rr]),
+                                  last=(rr[-1]["n"], rr[-1]["kl_forward"])))
+    for b in budgets:
+        row = {}
+        for r in records:
+            if r["n"] == b and r["method"] in ("specs_k1_exact", "specs_best", "specs_uniform", "beam_best", "beam_exact"):
+                row[f"{r['method']}/k={r['k']}"] = dict(kl_forward=r["kl_forward"], objective_gap=r["objective_gap"])
+        out["budgets"].append(dict(total=b, laws=row))
+    return out

@@ -1,9 +1,28 @@
-"""`specs theory verify`: every claim of THEORY.md section 5 as PASS/FAIL.
+"""`specs theory verify`: every claim of THEORY.md section 5 as PASS, FAIL or NOT REACHED.
 
 Each claim is checked on a random instance (``--K --H --beta --draft-noise
 --reward-kind --seed``) and printed with the measured number and the
-tolerance it is held to; ``verify.json`` records them all. The exit status is
-non-zero when any claim fails.
+tolerance it is held to; ``verify.json`` records them all.
+
+Three verdicts:
+
+* PASS: the measured number meets the tolerance.
+* FAIL: it does not, and the claim applies where it was measured: an exact
+  identity or inequality, or an asymptotic claim measured inside its regime.
+* NOT REACHED: an asymptotic claim whose measured number misses the
+  tolerance at the largest n (or N) tried, which is still outside the
+  claim's regime; the line gives the regime's entry condition and the n it
+  needs, computed from the instance's own constants. Not a failure.
+
+The exit status is non-zero only on FAIL. The regime rules (README,
+"Checking the theorems"): Prop E needs n >= 1000 C (C = max pi*/pi_d) and the
+exact law is evaluated there directly, up to n = 2^40 within a time budget
+(`experiments.e4_asymptotics`); the threshold slope (E5) is measured at
+n = max(2048, 1000 C); the Theorem C1 bound's slope is taken over
+[n_C, 16 n_C], n_C = 10 max chi2_h, in closed form; the SMC variance slope
+and N Var(Zhat) / sigma2 (sigma2 = sum_h E_{pi*} chi2_h, the limit of
+N Var(Zhat)) use the N >= 10 sigma2, the slope needs two of them; the
+E[Zhat] = 1 z-test uses the N >= sigma2.
 """
 
 from __future__ import annotations
@@ -19,11 +38,13 @@ import jax.numpy as jnp
 
 from specs_theory import bounds, exact, metrics
 from specs_theory import experiments as E
-from specs_theory.converge import run_experiments
+from specs_theory.converge import _log, run_experiments
 
-__all__ = ["Claim", "check_claims", "run_verify"]
+__all__ = ["Claim", "PASS", "FAIL", "NOT_REACHED", "collect_facts", "check_claims", "run_verify"]
 
 GOF_MIN = 1e-4  # pooled goodness-of-fit p-value floor (THEORY.md I14)
+PASS, FAIL, NOT_REACHED = "PASS", "FAIL", "NOT REACHED"
+ASYMPTOTIC_BUDGET_S = 120.0  # seconds for extending n towards Prop E's regime
 
 
 @dataclass(frozen=True)
@@ -32,11 +53,30 @@ class Claim:
     claim: str
     measured: str
     tolerance: str
-    passed: bool
+    verdict: str
+    needed: str | None = None  # NOT REACHED: the regime's entry condition and the n or N it needs
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == FAIL
 
 
 def _claim(experiment, claim, measured, tolerance, passed) -> Claim:
-    return Claim(experiment, claim, measured, tolerance, bool(passed))
+    return Claim(experiment, claim, measured, tolerance, PASS if passed else FAIL)
+
+
+def _asymptotic(experiment, claim, measured, tolerance, ok, reached, needed) -> Claim:
+    """An asymptotic claim: PASS if ``ok``; else FAIL inside the regime
+    (``reached``) and NOT REACHED outside it, with ``needed``."""
+    if ok:
+        return Claim(experiment, claim, measured, tolerance, PASS)
+    if reached:
+        return Claim(experiment, claim, measured, tolerance, FAIL)
+    return Claim(experiment, claim, measured, tolerance, NOT_REACHED, needed)
 
 
 def check_claims(mdp, facts: dict) -> list[Claim]:
@@ -69,16 +109,34 @@ def check_claims(mdp, facts: dict) -> list[Claim]:
         f = facts["E4"]
         add(_claim("E4", "Theorem B pointwise lower bound, every state and n", f"max violation {f['theorem_b_max_violation']:.1e}",
                    "<= 1e-12", f["theorem_b_max_violation"] <= 1e-12))
-        add(_claim("E4", "Theorem C1: KL(pi*||SPECS_n) <= sum_h E log(1 + chi2_h/n)", f"min slack {f['theorem_c_min_slack']:.2e}",
-                   ">= -1e-12", f["theorem_c_min_slack"] >= -1e-12))
-        s = f["bound_slope_large_n"]
-        add(_claim("E4", "Theorem C1 bound slope once n >= 10 max chi2_h", "n/a" if s is None else f"{s:.3f}",
-                   "in [-1.05, -0.95]", s is not None and -1.05 <= s <= -0.95))
+        far = facts.get("E4_asymptotic")
+        slack = f["theorem_c_min_slack"] if far is None else min(f["theorem_c_min_slack"], far["min_bound_slack"])
+        top = f["ns"][-1] if far is None else far["n_final"]
+        add(_claim("E4", f"Theorem C1: KL(pi*||SPECS_n) <= sum_h E log(1 + chi2_h/n), n <= {top:.3g}",
+                   f"min slack {slack:.2e}", ">= -1e-12", slack >= -1e-12))
+        if far is None:
+            s_ = f["bound_slope_large_n"]
+            add(_asymptotic("E4", "Theorem C1 bound slope once n >= 10 max chi2_h", "n/a" if s_ is None else f"{s_:.3f}",
+                            "in [-1.05, -0.95]", s_ is not None and -1.05 <= s_ <= -0.95, s_ is not None,
+                            "n >= 10 max chi2_h"))
+        else:
+            s_ = far["bound_slope"]
+            ns_ = far["bound_ns"]
+            add(_claim("E4", "Theorem C1 bound slope once n >= 10 max chi2_h",
+                       f"{s_:.3f} over n = {ns_[0]:.3g}..{ns_[-1]:.3g}", "in [-1.05, -0.95]", -1.05 <= s_ <= -0.95))
         add(_claim("E4", "Prop D two-sided bounds hold at every n", str(f["prop_d_holds"]), "True", f["prop_d_holds"]))
-        add(_claim("E4", f"Prop E: local KL slope at n = {f['ns'][-1]}", f"{f['final_local_slope']:.3f}",
-                   "in [-2.1, -1.9]", -2.1 <= f["final_local_slope"] <= -1.9))
-        add(_claim("E4", f"Prop E: n^2 KL / c at n = {f['ns'][-1]} (c = {f['c']:.4g})", f"{f['n2_kl_over_c_final']:.4f}",
-                   "in [0.9, 1.1]", 0.9 <= f["n2_kl_over_c_final"] <= 1.1))
+        if far is None:
+            n_, slope, ratio, reached, need = f["ns"][-1], f["final_local_slope"], f["n2_kl_over_c_final"], False, "?"
+        else:
+            n_, slope, ratio = far["n_final"], far["final_local_slope"], far["n2_kl_over_c_final"]
+            reached = far["reached"]
+            need = f"regime n >= {far['entry_factor']:g} C = {far['n_entry']:.3g} (C = max pi*/pi_d = {far['C']:.3g})"
+            add(_claim("E4", f"Corollary A1: every state's SPECS law sums to 1 (n <= {n_:.3g})",
+                       f"{far['max_mass_error']:.1e}", "<= 1e-12", far["max_mass_error"] <= 1e-12))
+        add(_asymptotic("E4", f"Prop E: local KL slope at n = {n_:.3g}", f"{slope:.3f}", "in [-2.1, -1.9]",
+                        -2.1 <= slope <= -1.9, reached, need))
+        add(_asymptotic("E4", f"Prop E: n^2 KL / c at n = {n_:.3g} (c = {f['c']:.4g})", f"{ratio:.4f}", "in [0.9, 1.1]",
+                        0.9 <= ratio <= 1.1, reached, need))
         add(_claim("E4", "objective gap = beta KL(SPECS_n || pi*) at every n", f"{f['max_identity_error']:.1e}",
                    "<= 1e-12", f["max_identity_error"] <= 1e-12))
         chain = _chain_rule_error(mdp)
@@ -101,8 +159,11 @@ def check_claims(mdp, facts: dict) -> list[Claim]:
                    "<= 1e-12", f["never_defer_error"] <= 1e-12))
         worst = max((abs(s["measured"] - s["predicted"]) for s in f["slopes"]), default=0.0)
         text = "; ".join(f"{s['predicted']:.4f} vs {s['measured']:.4f}" for s in f["slopes"])
-        add(_claim("E5", "forward-KL slope under a threshold (n = 2048..4096) matches the prediction", text,
-                   "|diff| <= 1e-3", worst <= 1e-3))
+        n1 = f["slopes"][0].get("n", 2048) if f["slopes"] else 2048
+        reached = all(s_.get("reached", True) for s_ in f["slopes"])
+        need = (f"regime n >= {E.PROP_E_ENTRY:g} C = {f['slopes'][0].get('n_entry', 0):.3g}" if f["slopes"] else None)
+        add(_asymptotic("E5", f"forward-KL slope under a threshold (n = {n1:.3g}..{2 * n1:.3g}) matches the prediction",
+                        text, "|diff| <= 1e-3", worst <= 1e-3, reached, need))
         tb = _threshold_bound_slack(mdp, f["taus"])
         add(_claim("E5", "threshold limit bound KL(pi*_tau || p_n) <= sum E log(1 + chi2_tau/n)",
                    f"min slack {tb:.2e}", ">= -1e-12", tb >= -1e-12))
@@ -116,12 +177,37 @@ def check_claims(mdp, facts: dict) -> list[Claim]:
                    f"> {GOF_MIN:g}", f["min_gof_pvalue"] > GOF_MIN))
     if "E7" in facts:
         f = facts["E7"]
-        worst = max(abs(m - 1) / s for m, s in zip(f["Z_mean"], f["Z_se"]))
-        add(_claim("E7", "SMC: E[Zhat] = 1 at every N", f"max |mean - 1| / SE = {worst:.2f}", "<= 4",
-                   f["Z_within_4se"]))
+        # The z-test needs a trustworthy standard error: for N << sigma2 Zhat is
+        # heavy-tailed (rare huge values carry the mean), the sample mean sits
+        # below 1 and its SE is underestimated. Test the N >= sigma2
+        # (Var(Zhat) ~ sigma2/N <= ~1).
+        zs = [(N, abs(m - 1) / s) for N, m, s in zip(f["Ns"], f["Z_mean"], f["Z_se"]) if N >= f["sigma2"]]
+        if zs:
+            worst = max(z for _, z in zs)
+            add(_claim("E7", "SMC: E[Zhat] = 1 at every N (z-test at N >= sigma2)",
+                       f"max |mean - 1| / SE = {worst:.2f} over N = {zs[0][0]}..{zs[-1][0]}", "<= 4", worst <= 4))
+        else:
+            worst = max(abs(m - 1) / s for m, s in zip(f["Z_mean"], f["Z_se"]))
+            add(_asymptotic("E7", "SMC: E[Zhat] = 1 at every N (z-test at N >= sigma2)",
+                            f"max |mean - 1| / SE = {worst:.2f} at N < sigma2 (heavy tails: SE too small)", "<= 4", worst <= 4, False,
+                            f"N >= sigma2 = {f['sigma2']:.3g} for a valid standard error"))
         vs = f["var_slope"]
-        add(_claim("E7", "SMC: Var(Zhat) = O(1/N) (slope over the largest N)", "n/a" if vs is None else f"slope {vs:.2f}", "in [-1.3, -0.7]",
-                   vs is not None and -1.3 <= vs <= -0.7))
+        if vs is None:
+            measured = f"slope {E.loglog_slope(f['Ns'][-2:], f['Z_var'][-2:]):.2f} over N = {f['Ns'][-2]}..{f['Ns'][-1]} (outside the regime)"
+        else:
+            Ns_ = f["var_slope_Ns"]
+            measured = (f"slope {vs:.2f} over N = {Ns_[0]}..{Ns_[-1]}; N Var = {Ns_[-1] * f['Z_var'][-1]:.3g} "
+                        f"(limit sigma2 = {f['sigma2']:.3g})")
+        add(_asymptotic("E7", "SMC: Var(Zhat) = O(1/N) (fit over N >= 10 sigma2)", measured, "in [-1.3, -0.7]",
+                        vs is not None and -1.3 <= vs <= -0.7, vs is not None,
+                        f"two N >= 10 sigma2 = {f['N_entry']:.3g} (sigma2 = sum_h E chi2_h = {f['sigma2']:.3g})"))
+        # The constant: N Var(Zhat) -> sigma2 (asymptotic variance of a perfectly
+        # twisted SMC with multinomial resampling every block: Q_{p,H}(1) = G_p).
+        big = [(N, v) for N, v in zip(f["Ns"], f["Z_var"]) if N >= f["N_entry"]]
+        ratio = big[-1][0] * big[-1][1] / f["sigma2"] if big else f["Ns"][-1] * f["Z_var"][-1] / f["sigma2"]
+        add(_asymptotic("E7", "SMC: N Var(Zhat) / sigma2 -> 1, sigma2 = sum_h E_{pi*} chi2_h",
+                        f"{ratio:.3f} at N = {big[-1][0] if big else f['Ns'][-1]}", "in [0.8, 1.25]",
+                        0.8 <= ratio <= 1.25, bool(big), f"N >= 10 sigma2 = {f['N_entry']:.3g}"))
         add(_claim("E7", "SMC: chi2(p_N || pi*) decreases in N (Monte Carlo, debiased)",
                    ", ".join(f"{c:.2e}" for c in f["chi2"]), "decreasing", f["chi2_decreasing"]))
         add(_claim("E7", "SMC: N = 1 gives pi_d,seq", f"GOF p = {f['gof_N1']:.3f}", f"> {GOF_MIN:g}",
@@ -132,18 +218,27 @@ def check_claims(mdp, facts: dict) -> list[Claim]:
         f = facts["E8"]
         rel = abs(f["sequence_chi2"] - f["sequence_chi2_direct"]) / max(f["sequence_chi2_direct"], 1e-300)
         add(_claim("E8", "sequence-level chi2 recursion = direct value", f"rel. diff {rel:.1e}", "<= 1e-9", rel <= 1e-9))
-        # Not universal at small n (sequence-level SIR can be closer at n = 4 on
-        # some instances); the claim is about the regime n >= 64.
+        # THEORY.md 3.6: C_h(s) = sum_y pi*^2/pi_d C_{h+1}(s o y) >= (1 + chi2_h(s)) min C_{h+1},
+        # so 1 + chi2_seq >= prod_h min_s (1 + chi2_h(s)): sequence-level coverage
+        # is exponentially worse in H. (That block-level SPECS has the smaller KL
+        # at equal n is only an observation: on some instances sequence-level
+        # SIR is closer at n = 64, so it is reported, not asserted.)
+        cov = bounds.coverage(mdp)
+        log_prod = sum(math.log1p(float(jnp.min(x))) for x in cov.chi2_states)
+        lhs = math.log1p(f["sequence_chi2"])
         rows = [r for r in f["rows"] if r["n"] >= 64]
-        ok = all(r["block"] < r["sequence"] for r in rows)
-        text = "; ".join(f"n={r['n']}: {r['block']:.2e} < {r['sequence']:.2e}" for r in rows[-2:])
-        add(_claim("E8", "block-level SPECS KL < sequence-level SIR KL at equal n (n >= 64)", text, "all n", ok))
+        text = "; ".join(f"n={r['n']}: block {r['block']:.2e} vs sequence {r['sequence']:.2e}" for r in rows[-2:])
+        add(_claim("E8", "1 + chi2_seq >= prod_h min_s (1 + chi2_h(s)) (sequence coverage, THEORY 3.6)",
+                   f"log: {lhs:.4g} >= {log_prod:.4g}; KL {text}", ">= -1e-12", lhs - log_prod >= -1e-12 * max(1.0, lhs)))
     if "E10" in facts:
         f = facts["E10"]
-        add(_claim("E10", "hard PRM limit differs from pi*: KL(pi*||limit) > 0", f"{f['kl']:.2e}", "> 1e-10",
-                   f["kl"] > 1e-10))
-        add(_claim("E10", "hard PRM limit has a lower objective", f"J = {f['J_hard']:.6f} vs J* = {f['J_star']:.6f}",
-                   "J < J*", f["J_hard"] < f["J_star"]))
+        if mdp.H == 1:  # one block: Q^{pi_t} = r = Q*, the two limits coincide
+            add(_claim("E10", "H = 1: hard PRM limit equals pi*", f"KL {f['kl']:.1e}", "<= 1e-12", f["kl"] <= 1e-12))
+        else:
+            add(_claim("E10", "hard PRM limit differs from pi*: KL(pi*||limit) > 0", f"{f['kl']:.2e}", "> 1e-10",
+                       f["kl"] > 1e-10))
+            add(_claim("E10", "hard PRM limit has a lower objective", f"J = {f['J_hard']:.6f} vs J* = {f['J_star']:.6f}",
+                       "J < J*", f["J_hard"] < f["J_star"]))
     return out
 
 
@@ -166,9 +261,28 @@ def _threshold_bound_slack(mdp, taus) -> float:
     return worst
 
 
+def collect_facts(mdp, *, quick=False, seed=0, only=None, budget_s=ASYMPTOTIC_BUDGET_S, log=None) -> dict:
+    """Run the experiments (all, or those named in ``only``) and, with E4,
+    extend n into Prop E's regime (`experiments.e4_asymptotics`)."""
+    facts = {}
+    kwargs = {} if log is None else dict(log=log)
+    for _, _, facts in run_experiments(mdp, quick=quick, seed=seed, only=only, **kwargs):
+        pass
+    if "E4" in facts:
+        t0 = time.perf_counter()
+        _, facts["E4_asymptotic"] = E.e4_asymptotics(mdp, start=4 * facts["E4"]["ns"][-1], budget_s=budget_s)
+        if log is not None:
+            log(f"[E4 asymptotic] n up to {facts['E4_asymptotic']['n_final']:.3g} in {time.perf_counter() - t0:.1f} s")
+    return facts
+
+
 def run_verify(out_dir="out/verify", *, K=5, H=3, beta=0.5, draft_noise=1.0, reward_kind="uniform", seed=0,
                quick=False) -> dict:
-    """Check every claim on ``random_mdp(K, H, beta, draft_noise, reward_kind)`` with ``seed``."""
+    """Check every claim on ``random_mdp(K, H, beta, draft_noise, reward_kind)`` with ``seed``.
+
+    Returns the report; ``report["passed"]`` is True when no claim FAILs
+    (NOT REACHED is not a failure) and decides the exit status.
+    """
     for name, value, ok in (("K", K, K >= 2), ("H", H, H >= 1), ("beta", beta, beta > 0 and math.isfinite(beta)),
                             ("draft_noise", draft_noise, draft_noise >= 0 and math.isfinite(draft_noise))):
         if not ok:
@@ -179,24 +293,18 @@ def run_verify(out_dir="out/verify", *, K=5, H=3, beta=0.5, draft_noise=1.0, rew
     mdp = E.default_mdp(seed, K=K, H=H, beta=beta, draft_noise=draft_noise, reward_kind=reward_kind)
     print(f"specs theory verify: instance {instance}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    facts = {}
-    for _, _, facts in run_experiments(mdp, quick=quick, seed=seed):
-        pass
-    # Prop E needs n past the crossover: extend the sweep for hard instances.
-    c = facts["E4"]["c"]
-    if c > 200:
-        for top in (16384, 65536):
-            _, facts["E4"] = E.e4_convergence(mdp, top=top)
-            if -2.1 <= facts["E4"]["final_local_slope"] <= -1.9:
-                break
+
+    facts = collect_facts(mdp, quick=quick, seed=seed, log=_log)
     claims = check_claims(mdp, facts)
-    passed = all(c.passed for c in claims)
     width = max(len(c.claim) for c in claims)
     for c in claims:
-        print(f"{'PASS' if c.passed else 'FAIL'}  {c.experiment:4s} {c.claim:<{width}}  {c.measured}  ({c.tolerance})")
-    n_fail = sum(not c.passed for c in claims)
-    print(f"\n{len(claims) - n_fail}/{len(claims)} claims passed in {time.perf_counter() - t0:.0f} s")
-    report = dict(instance=instance, passed=passed, claims=[asdict(c) for c in claims], facts=facts)
+        need = f"  -> needs {c.needed}" if c.needed else ""
+        print(f"{c.verdict:<11} {c.experiment:4s} {c.claim:<{width}}  {c.measured}  ({c.tolerance}){need}")
+    counts = {v: sum(c.verdict == v for c in claims) for v in (PASS, FAIL, NOT_REACHED)}
+    print(f"\n{counts[PASS]}/{len(claims)} claims passed, {counts[FAIL]} failed, {counts[NOT_REACHED]} not reached "
+          f"in {time.perf_counter() - t0:.0f} s")
+    report = dict(instance=instance, passed=counts[FAIL] == 0, counts=counts,
+                  claims=[dict(asdict(c), passed=c.passed) for c in claims], facts=facts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "verify.json").write_text(json.dumps(report, indent=1, default=float))

@@ -35,7 +35,7 @@ from specs_theory.exact import (
     specs_policy,
 )
 from specs_theory.mdp import random_mdp, sequence_logp
-from specs_theory.metrics import chain_rule_kl, chi2, kl, sequence_kl, tv
+from specs_theory.metrics import chain_kl_small, chain_rule_kl, chi2, kl, sequence_kl, tv
 
 NS = [2**k for k in range(13)]  # 1 .. 4096
 
@@ -234,6 +234,20 @@ def test_pre_asymptotic_regime_is_slower(main_sweep):
     local = np.diff(np.log(k)) / np.log(2)
     assert local[0] > -1.3
     assert np.all(np.diff(k) < 0)  # decreasing on this grid (observed, THEORY 3.4)
+
+
+def test_chain_kl_small_and_prop_e_far_out(main_sweep):
+    """chain_kl_small = the sequence KL where both are accurate; far out (n up
+    to 2^40, where the plain KL has lost its digits) it still follows c/n^2,
+    and every state's law keeps mass 1 (Corollary A1)."""
+    m, star, pols = main_sweep
+    for n in (1, 16, 4096):
+        assert float(chain_kl_small(star, pols[n])) == pytest.approx(float(sequence_kl(star, pols[n])), rel=1e-9)
+    c = float(sequence_prop_e_constant(m))
+    for n in (2**20, 2**30, 2**40):
+        pol = specs_policy(m, n).logp
+        assert n**2 * float(chain_kl_small(star, pol)) / c == pytest.approx(1.0, abs=1e-3)
+        assert max(float(jnp.max(jnp.abs(jnp.exp(p).sum(-1) - 1))) for p in pol) <= 1e-12
 
 
 # --------------------------------------------------------------------------

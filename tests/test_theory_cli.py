@@ -28,31 +28,40 @@ def test_converge_writes_records_csv_and_plots(tmp_path, capsys):
     assert data["asymptotic_constant"] == pytest.approx(result["asymptotic_constant"])
     assert data["asymptotic_constant"] > 0
     experiments = {r["experiment"] for r in data["records"]}
-    assert {"E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8", "E10", "gaps"} <= experiments
+    assert {"E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8", "E10", "gaps", "multibeam"} <= experiments
     for r in data["records"]:
         assert REQUIRED <= set(r)
     e4 = [r for r in data["records"] if r["experiment"] == "E4" and r["method"] == "specs"]
     assert all(r["kl_forward"] <= r["bound"] for r in e4)  # Theorem C1 on this instance
     assert (tmp_path / "converge.csv").read_text().splitlines()[0].startswith("experiment,method,n,tau")
-    for name in ("kl_vs_n.png", "objective_gap.png", "threshold.png", "smc_vs_specs.png"):
+    for name in ("kl_vs_n.png", "objective_gap.png", "threshold.png", "smc_vs_specs.png", "multibeam.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     assert "asymptotic constant c" in capsys.readouterr().out
 
 
-def test_verify_passes_and_fails_loudly(tmp_path, monkeypatch):
+def test_verify_passes_and_fails_loudly(tmp_path, monkeypatch, capsys):
     from specs_llm.cli import main
 
     rc = main(["theory", "verify", "--quick", "--K", "3", "--H", "2", "--seed", "2", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "verify.json").read_text())
-    failed = [c["claim"] for c in report["claims"] if not c["passed"]]
+    failed = [c["claim"] for c in report["claims"] if c["verdict"] == "FAIL"]
     assert rc == 0 and report["passed"], failed
     assert len(report["claims"]) >= 30
+    assert sum(report["counts"].values()) == len(report["claims"])
+    for c in report["claims"]:
+        assert c["passed"] == (c["verdict"] == "PASS")
+        assert (c["needed"] is not None) == (c["verdict"] == "NOT REACHED")
     # A claim that fails makes the command exit non-zero.
     import specs_theory.verify as V
 
     real = V.check_claims
     monkeypatch.setattr(V, "check_claims", lambda mdp, facts: real(mdp, facts) + [V._claim("X", "broken", "1", "0", False)])
     assert main(["theory", "verify", "--quick", "--K", "2", "--H", "2", "--out", str(tmp_path)]) == 1
+    # NOT REACHED alone is not a failure.
+    monkeypatch.setattr(V, "check_claims", lambda mdp, facts: real(mdp, facts) + [
+        V.Claim("X", "far away", "1", "0", V.NOT_REACHED, "n >= 1e30")])
+    assert main(["theory", "verify", "--quick", "--K", "2", "--H", "2", "--out", str(tmp_path)]) == 0
+    assert "NOT REACHED" in capsys.readouterr().out
 
 
 def test_verify_rejects_bad_instances(capsys):
