@@ -32,7 +32,7 @@ from specs_theory import experiments as E
 
 __all__ = ["run_converge", "SETTINGS"]
 
-# (full, quick) sizes: full < 3 min, quick < 40 s on a 2-core machine.
+# (full, quick) sizes: full < 3 min, quick < 40 s on a 2-core machine (without MULTIBEAM below).
 SETTINGS = {
     False: dict(top=4096, mc_runs=200_000, mc_ns=(1, 4, 16, 64), enum_ns=(1, 2, 3, 4, 8, 16), quad_ns=(1, 8, 64),
                 threshold_ns=E.powers_of_two(64), threshold_mc_runs=100_000, bon_ns=(1, 2, 4, 16, 64),
@@ -48,6 +48,8 @@ def _log(msg: str) -> None:
 
 
 # Multi-beam SPECS (k > 1, Monte Carlo; docs/multibeam.md), only in `specs theory converge`.
+# Each (k, n) compiles its own sampler: the full sweep took 13 min on the shared
+# 2-core machine (docs/multibeam.json "seconds"), the quick one about 20 s.
 MULTIBEAM = {
     False: dict(ks=(2, 4), ns=(4, 8, 16, 32, 64, 128), budgets=(16, 64), budget_ks=(1, 2, 4, 8, 16),
                 num_runs=200_000),

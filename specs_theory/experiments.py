@@ -43,6 +43,8 @@ __all__ = [
     "e10_hard_prm",
     "objective_gaps",
     "multibeam",
+    "multibeam_exact",
+    "multibeam_limit",
 ]
 
 # THEORY.md section 8, "main instance".
@@ -656,3 +658,114 @@ def _multibeam_facts(records, ks, budgets):
                 row[f"{r['method']}/k={r['k']}"] = dict(kl_forward=r["kl_forward"], objective_gap=r["objective_gap"])
         out["budgets"].append(dict(total=b, laws=row))
     return out
+
+
+def multibeam_exact(mdp: BlockMDP, n: int, k: int = 2, *, max_terms: int = 20_000_000):
+    """Exact law of multi-beam SPECS (no threshold, idealised PRM) by enumeration.
+
+    The algorithm of `simulate.simulate_specs` with ``k`` beams: each beam
+    proposes m = n // k blocks iid from pi_d(.|beam); the k*m candidates are
+    pooled and k kept by sampling proportional to w = pi*/pi_d WITHOUT
+    replacement (Gumbel top-k = successive sampling, Plackett-Luce). The
+    state is the multiset of k beams; per block this enumerates every count
+    vector of every beam's m children (Mult(m, pi_d)) and every ordered
+    sequence of k picks. Feasible for tiny K, H, n only (refuses more than
+    ``max_terms`` terms per block).
+
+    Returns ``(uniform, best)``: (K^H,) probabilities of a uniformly chosen
+    final beam and of the final beam with the highest reward (ties uniform
+    over beams), the answer `simulate_specs` returns.
+    """
+    import itertools
+    from collections import defaultdict
+
+    K, H = mdp.K, mdp.H
+    m = n // k
+    if m < 1:
+        raise ValueError(f"k = {k} beams need n >= k, got n = {n}")
+    lstar = exact.optimal_policy(mdp)
+    draft = [np.exp(np.asarray(d)) for d in mdp.draft_logp]
+    weight = [np.exp(np.asarray(s) - np.asarray(d)) for s, d in zip(lstar, mdp.draft_logp)]
+    comps = exact._compositions(m, K)  # (C, K) count vectors of one beam's children
+    log_coef = math.lgamma(m + 1) - np.sum([[math.lgamma(c + 1) for c in row] for row in comps], axis=1)
+    if comps.shape[0] ** k * (k * K) ** k > max_terms:
+        raise ValueError(f"enumeration too large: {comps.shape[0]}^{k} count vectors x {(k * K) ** k} pick orders")
+    dist = {(0,) * k: 1.0}
+    for h in range(H):
+        new = defaultdict(float)
+        for beams, p_beams in dist.items():
+            # probabilities of each beam's count vector, and the weights of its children
+            probs = [np.exp(log_coef + comps @ np.log(draft[h][b])) for b in beams]
+            w = np.concatenate([weight[h][b] for b in beams])  # (k*K,) type = (beam slot, y)
+            child = np.array([b * K + y for b in beams for y in range(K)])
+            for combo in itertools.product(range(comps.shape[0]), repeat=k):
+                p_combo = p_beams * math.prod(probs[i][c] for i, c in enumerate(combo))
+                if p_combo == 0.0:
+                    continue
+                counts = np.concatenate([comps[c] for c in combo]).astype(float)  # (k*K,)
+
+                def picks(cnt, depth, prob, chosen):
+                    if depth == k:
+                        new[tuple(sorted(chosen))] += prob
+                        return
+                    mass = cnt * w
+                    total = mass.sum()
+                    for t in np.flatnonzero(mass > 0):
+                        cnt[t] -= 1
+                        picks(cnt, depth + 1, prob * mass[t] / total, chosen + [int(child[t])])
+                        cnt[t] += 1
+
+                picks(counts, 0, p_combo, [])
+        dist = dict(new)
+    S = K**H
+    uniform, best = np.zeros(S), np.zeros(S)
+    reward = np.asarray(mdp.reward)
+    for beams, p in dist.items():
+        r = reward[list(beams)]
+        top = [b for b, rb in zip(beams, r) if rb == r.max()]
+        for b in beams:
+            uniform[b] += p / k
+        for b in top:
+            best[b] += p / len(top)
+    return uniform, best
+
+
+def multibeam_limit(mdp: BlockMDP, k: int = 2):
+    """The n -> inf limit of `multibeam_exact` at fixed k (argument in
+    docs/multibeam.md, M1): each block's k survivors are k iid draws from
+    (1/k) sum_i pi*(.|beam_i) on the children of beam i (a parent uniformly,
+    then a child from pi*), i.e. an SMC with k particles and the exact
+    proposal. Enumerates the multiset of k beams (every composition of k
+    picks over the k*K child types). Returns ``(uniform, best)`` as
+    `multibeam_exact` does; ``uniform`` equals pi*_seq.
+    """
+    from collections import defaultdict
+
+    K, H = mdp.K, mdp.H
+    lstar = [np.exp(np.asarray(s)) for s in exact.optimal_policy(mdp)]
+    comps = exact._compositions(k, k * K)  # (C, k*K): how many picks of each child type
+    log_coef = math.lgamma(k + 1) - np.sum([[math.lgamma(c + 1) for c in row] for row in comps], axis=1)
+    dist = {(0,) * k: 1.0}
+    for h in range(H):
+        new = defaultdict(float)
+        for beams, p in dist.items():
+            q = np.concatenate([lstar[h][b] for b in beams]) / k  # (k*K,) pick law
+            child = [b * K + y for b in beams for y in range(K)]
+            with np.errstate(divide="ignore"):
+                probs = np.exp(log_coef + np.where(comps > 0, comps * np.log(q), 0.0).sum(axis=1))
+            for row, pr in zip(comps, probs):
+                if pr > 0:
+                    key = tuple(sorted(c for c, cnt in zip(child, row) for _ in range(cnt)))
+                    new[key] += p * pr
+        dist = dict(new)
+    S = K**H
+    uniform, best = np.zeros(S), np.zeros(S)
+    reward = np.asarray(mdp.reward)
+    for beams, p in dist.items():
+        r = reward[list(beams)]
+        top = [b for b, rb in zip(beams, r) if rb == r.max()]
+        for b in beams:
+            uniform[b] += p / k
+        for b in top:
+            best[b] += p / len(top)
+    return uniform, best
