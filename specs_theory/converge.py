@@ -30,7 +30,7 @@ import numpy as np
 
 from specs_theory import experiments as E
 
-__all__ = ["run_converge", "SETTINGS"]
+__all__ = ["run_converge", "run_experiments", "log_progress", "SETTINGS"]
 
 # (full, quick) sizes: full < 3 min, quick < 40 s on a 2-core machine (without MULTIBEAM below).
 SETTINGS = {
@@ -43,7 +43,8 @@ SETTINGS = {
 }
 
 
-def _log(msg: str) -> None:
+def log_progress(msg: str) -> None:
+    """Print a progress line to stderr (the default ``log`` of `run_experiments`)."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -57,7 +58,7 @@ MULTIBEAM = {
 }
 
 
-def run_experiments(mdp, *, quick: bool, seed: int, only=None, log=_log, multibeam: bool = False):
+def run_experiments(mdp, *, quick: bool, seed: int, only=None, log=log_progress, multibeam: bool = False):
     """Run the experiments (all, or the names in ``only``; "multibeam" only
     when ``multibeam``); yields (name, records, facts) after each."""
     s = SETTINGS[bool(quick)]
@@ -96,7 +97,7 @@ def run_converge(out_dir="out/converge", *, quick: bool = False, seed: int = 0, 
     overrides = dict(instance or {})
     instance = dict(E.DEFAULT_INSTANCE, **overrides, seed=seed)
     mdp = E.default_mdp(seed, **overrides)
-    _log(f"specs theory converge: instance {instance}, {'quick' if quick else 'full'} run -> {out}")
+    log_progress(f"specs theory converge: instance {instance}, {'quick' if quick else 'full'} run -> {out}")
     t0 = time.perf_counter()
     result = {}
     for _, records, facts in run_experiments(mdp, quick=quick, seed=seed, multibeam=True):

@@ -40,6 +40,7 @@ __all__ = [
     "sir_law",
     "sir_logprobs",
     "sir_law_enumerate",
+    "compositions",
     "sir_law_quad",
     "best_of_n_law",
     "best_of_n_logprobs",
@@ -253,7 +254,7 @@ def sir_law(log_q, log_w, n, *, step: float = 0.1, num_nodes: int | None = None)
     return jnp.exp(sir_logprobs(log_q, log_w, n, step=step, num_nodes=num_nodes))
 
 
-def _compositions(n: int, K: int) -> np.ndarray:
+def compositions(n: int, K: int) -> np.ndarray:
     """All count vectors c in N^K with sum n, shape (C(n+K-1, K-1), K)."""
     bars = np.array(list(combinations(range(n + K - 1), K - 1)), dtype=np.int64)
     bars = bars.reshape(-1, K - 1)
@@ -282,7 +283,7 @@ def sir_law_enumerate(log_q, log_w, n: int, *, max_terms: int = 5_000_000):
     terms = math.comb(n + K - 1, K - 1)
     if terms > max_terms:
         raise ValueError(f"enumeration needs {terms} terms > max_terms={max_terms}")
-    c = _compositions(n, K)
+    c = compositions(n, K)
     with np.errstate(divide="ignore"):
         log_c = np.log(c.astype(np.float64))
     log_coef = sps.gammaln(n + 1) - sps.gammaln(c + 1.0).sum(axis=1)

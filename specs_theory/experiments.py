@@ -686,7 +686,7 @@ def multibeam_exact(mdp: BlockMDP, n: int, k: int = 2, *, max_terms: int = 20_00
     lstar = exact.optimal_policy(mdp)
     draft = [np.exp(np.asarray(d)) for d in mdp.draft_logp]
     weight = [np.exp(np.asarray(s) - np.asarray(d)) for s, d in zip(lstar, mdp.draft_logp)]
-    comps = exact._compositions(m, K)  # (C, K) count vectors of one beam's children
+    comps = exact.compositions(m, K)  # (C, K) count vectors of one beam's children
     log_coef = math.lgamma(m + 1) - np.sum([[math.lgamma(c + 1) for c in row] for row in comps], axis=1)
     if comps.shape[0] ** k * (k * K) ** k > max_terms:
         raise ValueError(f"enumeration too large: {comps.shape[0]}^{k} count vectors x {(k * K) ** k} pick orders")
@@ -743,7 +743,7 @@ def multibeam_limit(mdp: BlockMDP, k: int = 2):
 
     K, H = mdp.K, mdp.H
     lstar = [np.exp(np.asarray(s)) for s in exact.optimal_policy(mdp)]
-    comps = exact._compositions(k, k * K)  # (C, k*K): how many picks of each child type
+    comps = exact.compositions(k, k * K)  # (C, k*K): how many picks of each child type
     log_coef = math.lgamma(k + 1) - np.sum([[math.lgamma(c + 1) for c in row] for row in comps], axis=1)
     dist = {(0,) * k: 1.0}
     for h in range(H):

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from specs_theory import bounds, exact, metrics
 from specs_theory import experiments as E
-from specs_theory.converge import _log, run_experiments
+from specs_theory.converge import log_progress, run_experiments
 
 __all__ = ["Claim", "PASS", "FAIL", "NOT_REACHED", "collect_facts", "check_claims", "run_verify"]
 
@@ -294,7 +294,7 @@ def run_verify(out_dir="out/verify", *, K=5, H=3, beta=0.5, draft_noise=1.0, rew
     print(f"specs theory verify: instance {instance}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
 
-    facts = collect_facts(mdp, quick=quick, seed=seed, log=_log)
+    facts = collect_facts(mdp, quick=quick, seed=seed, log=log_progress)
     claims = check_claims(mdp, facts)
     width = max(len(c.claim) for c in claims)
     for c in claims:
