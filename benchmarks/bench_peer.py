@@ -398,20 +398,6 @@ def run_specs(models, config, questions: list[str], in_flight: int) -> tuple[lis
     return out, time.perf_counter() - t_all
 
 
-def smc_available() -> bool:
-    """Whether this specs has the "smc" strategy (its config and its search loop)."""
-    from specs_llm import config
-    from specs_llm.search import strategy_for
-
-    if "smc" not in config.STRATEGIES:
-        return False
-    try:
-        strategy_for(specs_config("smc", 1.0))
-    except (ValueError, TypeError):
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------------
 # the benchmark
 
@@ -598,9 +584,6 @@ def main(argv=None) -> int:
     from specs_llm.testbed.serve import serve, stop
 
     methods = list(args.methods)
-    if "smc" in methods and not smc_available():
-        print("specs has no 'smc' strategy yet: smc vs ParticleFiltering skipped", file=sys.stderr)
-        methods.remove("smc")
     random.seed(0)
     import numpy as np
 
