@@ -717,8 +717,14 @@ def multibeam_exact(mdp: BlockMDP, n: int, k: int = 2, *, max_terms: int = 20_00
 
                 picks(counts, 0, p_combo, [])
         dist = dict(new)
-    S = K**H
-    uniform, best = np.zeros(S), np.zeros(S)
+    return _returned_laws(mdp, dist, k)
+
+
+def _returned_laws(mdp: BlockMDP, dist: dict, k: int):
+    """Sequence laws of the returned response, given the law ``dist`` of the
+    final multiset of k beams (sorted tuples of sequence indices): one beam
+    uniformly (``uniform``) or the best-reward one, ties uniform (``best``)."""
+    uniform, best = np.zeros(mdp.K**mdp.H), np.zeros(mdp.K**mdp.H)
     reward = np.asarray(mdp.reward)
     for beams, p in dist.items():
         r = reward[list(beams)]
@@ -758,14 +764,4 @@ def multibeam_limit(mdp: BlockMDP, k: int = 2):
                     key = tuple(sorted(c for c, cnt in zip(child, row) for _ in range(cnt)))
                     new[key] += p * pr
         dist = dict(new)
-    S = K**H
-    uniform, best = np.zeros(S), np.zeros(S)
-    reward = np.asarray(mdp.reward)
-    for beams, p in dist.items():
-        r = reward[list(beams)]
-        top = [b for b, rb in zip(beams, r) if rb == r.max()]
-        for b in beams:
-            uniform[b] += p / k
-        for b in top:
-            best[b] += p / len(top)
-    return uniform, best
+    return _returned_laws(mdp, dist, k)

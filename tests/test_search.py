@@ -1,30 +1,30 @@
 """The LLM step loop on the MDP backend: exact theory, branches, failures."""
 
-import jax
 import numpy as np
 import pytest
 
 import specs_theory  # noqa: F401
 from specs_llm.backends.base import BackendError, State
-from specs_llm.backends.mdp import MDPLanguageModel, MDPRewardModel, parse_blocks, sequence_index
+from specs_llm.backends.mdp import MDPLanguageModel, parse_blocks
 from specs_llm.config import SearchConfig
 from specs_llm.search import Models, run_search
 from specs_llm.timing import Ledger
 from specs_theory import exact
 from specs_theory.gof import pooled_gof_pvalue
-from specs_theory.mdp import random_mdp
+
+from mdp_search import law_counts, mdp_models, small_mdp  # tests/mdp_search.py
 
 RUNS = 8000
 
 
 @pytest.fixture(scope="module")
 def mdp():
-    return random_mdp(jax.random.key(0), K=3, H=3, beta=0.5, draft_noise=1.0)
+    return small_mdp()
 
 
 @pytest.fixture(scope="module")
 def models(mdp):
-    return Models(MDPLanguageModel(mdp, "draft"), MDPLanguageModel(mdp, "target"), MDPRewardModel(mdp, "q"))
+    return mdp_models(mdp, "q")
 
 
 def ideal(mdp, **changes):
@@ -36,11 +36,6 @@ def ideal(mdp, **changes):
     )
     base.update(changes)
     return SearchConfig(**base)
-
-
-def law_counts(results, K, H):
-    idx = [sequence_index(parse_blocks([s.text for s in r.steps], K), K) for r in results]
-    return np.bincount(idx, minlength=K**H)
 
 
 @pytest.mark.parametrize("threshold,n", [(None, 4), (0.55, 4), (0.5, 8)])

@@ -14,24 +14,26 @@ import jax
 import numpy as np
 import pytest
 
-from specs_llm.backends.mdp import MDPLanguageModel, MDPRewardModel, parse_blocks, sequence_index
+from specs_llm.backends.mdp import MDPLanguageModel, MDPRewardModel, parse_blocks
 from specs_llm.config import SearchConfig
 from specs_llm.search import Models, run_search
 from specs_theory import exact, simulate
 from specs_theory.gof import pooled_gof_pvalue
-from specs_theory.mdp import random_mdp, sequence_logp
+from specs_theory.mdp import sequence_logp
+
+from mdp_search import law_counts, mdp_models, small_mdp  # tests/mdp_search.py
 
 RUNS = 8000
 
 
 @pytest.fixture(scope="module")
 def mdp():
-    return random_mdp(jax.random.key(0), K=3, H=3, beta=0.5, draft_noise=1.0)
+    return small_mdp()
 
 
 @pytest.fixture(scope="module")
 def models(mdp):
-    return Models(MDPLanguageModel(mdp, "draft"), MDPLanguageModel(mdp, "target"), MDPRewardModel(mdp, "a"))
+    return mdp_models(mdp, "a")
 
 
 def smc(mdp, **changes):
@@ -39,11 +41,6 @@ def smc(mdp, **changes):
     base = dict(strategy="smc", n=4, generator="draft", ratio_weight=1.0, reward_weight=1 / mdp.beta,
                 sampling_temperature=1.0, aggregation="sample", max_steps=10, seed=7)
     return SearchConfig(**{**base, **changes})
-
-
-def law_counts(results, K, H):
-    idx = [sequence_index(parse_blocks([s.text for s in r.steps], K), K) for r in results]
-    return np.bincount(idx, minlength=K**H)
 
 
 def z_hats(results):
@@ -88,7 +85,7 @@ def test_loop_smc_without_resampling_is_the_exact_sequence_sir(mdp, models, n):
 def test_loop_smc_normalising_constant_is_unbiased_away_from_one(mdp):
     # PRM Q* instead of A*: the weights are no longer a perfect twist and
     # Z = sum_y pi_t,seq(y) exp(sum_h Q*(s_h-1, y_h) / beta) != 1.
-    m = Models(MDPLanguageModel(mdp, "draft"), MDPLanguageModel(mdp, "target"), MDPRewardModel(mdp, "q"))
+    m = mdp_models(mdp, "q")
     q_sum = sequence_logp(list(exact.q_values(mdp)))  # sums the per-block tables along each sequence
     Z = float(np.exp(np.logaddexp.reduce(np.asarray(sequence_logp(mdp.target_logp) + q_sum / mdp.beta))))
     assert Z > 1.5
