@@ -23,6 +23,14 @@ Endpoints used (checked against vLLM 0.32 on CPU):
   ``max_tokens=0``, ``logprobs=1``; the prompt's per-token log-probs come
   back in ``logprobs.token_logprobs`` (the first is null), and those of the
   step's tokens are kept. Prompt and step are tokenised separately.
+- ``POST /specs/v1/score`` and ``POST /specs/v1/token_classify`` instead of
+  the two below, where the server runs the ``specs`` endpoint plugin
+  (``VLLM_PLUGINS=specs``; `vllm_plugin`): scoring that reads the prefix
+  cache, with exactly the in-process vLLM backend's rules (`prefix`: only
+  rows the engine computed are read, the rest come from siblings, earlier
+  calls or a rescoring without the cache). Against a stock server (the
+  routes answer 404) the client warns once and scores every sequence whole
+  (``prefix_cache=False`` asks for that).
 - ``POST /pooling`` for the PRM (``--runner pooling``): ``input`` = the PRM
   token ids (`common.prm_input`), ``task="token_classify"``,
   ``use_activation=false``; one row of raw head outputs per token comes
@@ -50,6 +58,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Callable, Sequence
 
@@ -68,6 +77,7 @@ from .common import (
     rewards_from_logits,
     step_tag_id,
 )
+from .prefix import CacheStats, PrefixMemo, prefix_cached_values
 
 __all__ = ["OpenAIServerLanguageModel", "OpenAIServerRewardModel", "wait_until_ready"]
 
@@ -85,6 +95,13 @@ _NEUTRAL_SAMPLING = {
     "skip_special_tokens": True,
 }
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+# the routes of the `specs` endpoint plugin (vllm_plugin; not imported here: it needs vllm)
+_SCORE_ROUTE = "/specs/v1/score"
+_TOKEN_CLASSIFY_ROUTE = "/specs/v1/token_classify"
+
+
+class _NoPlugin(Exception):
+    """A plugin route answered 404: the server does not run the ``specs`` plugin."""
 
 
 class _Server:
@@ -137,8 +154,9 @@ class _Server:
             s.close()
         self._local = threading.local()
 
-    def request(self, method: str, path: str, payload: dict | None = None) -> dict:
-        """The decoded JSON answer of ``method path``; `BackendError` after the retries."""
+    def request(self, method: str, path: str, payload: dict | None = None, *, plugin: bool = False) -> dict:
+        """The decoded JSON answer of ``method path``; `BackendError` after the
+        retries; with ``plugin``, `_NoPlugin` when the route is not there (404)."""
         tries = self.max_retries + 1
         last, down = "", True
         for attempt in range(tries):
@@ -152,6 +170,8 @@ class _Server:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last, down = f"{type(exc).__name__}: {_short(exc)}", True
                 continue
+            if plugin and resp.status_code == 404:
+                raise _NoPlugin(path)
             if resp.status_code in _RETRY_STATUS:
                 last, down = f"HTTP {resp.status_code} from {path}: {_error_text(resp)}", False
                 continue
@@ -223,8 +243,11 @@ class _RemoteModel:
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         api_key: str | None = None,
+        prefix_cache: bool = True,
     ):
         self.role = role
+        self.prefix_cache = bool(prefix_cache)  # use the specs plugin's routes while the server has them
+        self.memo, self.cache_stats = PrefixMemo(), CacheStats()
         self.model = model
         self.name = name or "model"
         self.server = _Server(
@@ -306,6 +329,35 @@ class _RemoteModel:
 
     def __exit__(self, *exc):
         self.close()
+
+    def _plugin_values(self, route: str, key: str, seqs: list[list[int]], wanted: list[list[int]],
+                       value: str) -> list[list] | None:
+        """`prefix.prefix_cached_values` through the plugin ``route`` (the
+        answers' ``value`` field); None, after one warning, when the server has
+        no plugin (or ``prefix_cache`` is off): then the caller scores whole."""
+        if not self.prefix_cache:
+            return None
+
+        def run(batch: list[list[int]], read_cache: bool) -> list[tuple[int, int, list]]:
+            def one(chunk):
+                body = {"model": self.model, key: chunk, "read_cache": read_cache}
+                data = self.server.request("POST", route, body, plugin=True).get("data", [])
+                if len(data) != len(chunk):
+                    raise BackendError(f"{self._describe()}: sent {len(chunk)} sequences to {route},"
+                                       f" got {len(data)} answers")
+                return [(int(d["cached"]), int(d["offset"]), d[value]) for d in data]
+
+            chunks = [batch[i : i + self.max_batch_size] for i in range(0, len(batch), self.max_batch_size)]
+            return [a for answers in self._map(one, chunks) for a in answers]
+
+        try:
+            return prefix_cached_values(seqs, wanted, run, self.memo, self.cache_stats, what=self._describe())
+        except _NoPlugin:
+            self.prefix_cache = False
+            warnings.warn(f"{self._describe()} has no {route} (start it with VLLM_PLUGINS=specs and specs"
+                          " installed, docs/servers.md): scoring every sequence whole, without the prefix cache",
+                          RuntimeWarning, stacklevel=3)
+            return None
 
     def _batched(self, one, todo: list[int], result: list) -> list:
         """``result[k]`` for every k in ``todo``, from ``one(chunk)`` run on
@@ -454,6 +506,13 @@ class OpenAIServerLanguageModel(ChatPromptMixin, _RemoteModel):
                 p, c = pairs[k]
                 # the server needs room for one (discarded) generated token
                 check_prompt_length(self.name, len(p) + len(c), limit, "prompt + step")
+        seqs = [pairs[k][0] + pairs[k][1] for k in todo]
+        wanted = [list(range(len(pairs[k][0]), len(q))) for k, q in zip(todo, seqs)]
+        values = self._plugin_values(_SCORE_ROUTE, "prompts", seqs, wanted, "logprobs")
+        if values is not None:
+            for k, v in zip(todo, values):
+                result[k] = [float(x) for x in v]
+            return result
 
         def one(chunk: list[int]) -> list[list[float]]:
             body = {
@@ -543,6 +602,16 @@ class OpenAIServerRewardModel(PRMInputMixin, _RemoteModel):
         if not todo:
             return result
         labels = 1 if self.convention == "value_head" else 2
+        rows = self._plugin_values(_TOKEN_CLASSIFY_ROUTE, "inputs", [inputs[k][0] for k in todo],
+                                   [inputs[k][1] for k in todo], "rows")
+        if rows is not None:
+            for k, r in zip(todo, rows):
+                if len(r[0]) != labels:
+                    raise BackendError(f"{self._describe()}: convention {self.convention!r} does not fit a head"
+                                       f" with {len(r[0])} labels")
+                result[k] = rewards_from_logits([[math.nan if x is None else float(x) for x in row] for row in r],
+                                                self.convention)
+            return result
 
         def one(chunk: list[int]) -> list[list[float]]:
             body = {

