@@ -20,10 +20,19 @@ so that stop strings, seeds and log-probs are explicit:
   in the generated text only (`common.find_stop`) and finish with "stop"
   (the step keeps the stop string's tokens: `base.Step`); else
   ``max_tokens`` (or the model's maximum length) finishes with "length".
+
+Scoring reads each shared context once (``prefix_cache=True``, the default):
+`HFLanguageModel.score` runs every distinct prompt once with a KV cache and
+then all of its distinct candidate steps in one batch against that cache;
+`HFRewardModel.rewards` does the same with the parent of each state (its
+question and ``steps[:-1]``) and the last step segments. The results are
+those of re-reading every full context (``prefix_cache=False``) up to
+floating-point rounding.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Sequence
 
@@ -76,6 +85,48 @@ def _right_padded(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[t
     return ids.to(device), mask.to(device)
 
 
+def _chunks(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _run_prefix(model, prefix: Sequence[int], **kwargs) -> tuple["DynamicCache", torch.Tensor]:
+    """One forward pass of ``prefix`` (1 x P) that fills a fresh KV cache.
+
+    Returns the cache and the model's ``logits``, (1, P, ·), or fewer rows
+    when ``kwargs`` say so (``logits_to_keep=1``: the last row only). The
+    cache is passed in and filled in place, so a model whose output does not
+    return it (a token classifier) fills it too.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    ids = torch.tensor([list(prefix)], dtype=torch.long, device=model.device)
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True, **kwargs)
+    return cache, out.logits
+
+
+def _run_continuations(model, cache: "DynamicCache", seqs: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """The ``logits`` (m, Lmax, ·) of m continuations of the prefix held in ``cache``, in one batch.
+
+    ``seqs`` (m non-empty token lists) are right-padded to Lmax; row b reads
+    the P prefix tokens (a copy of ``cache`` repeated to batch m: ``cache``
+    itself is left as it is) and its own tokens at positions P..P+L_b-1, so
+    ``logits[b, j]`` equals the logits at position P + j of the full
+    sequence ``prefix + seqs[b]``; rows j >= L_b are padding.
+    """
+    prefix_len = cache.get_seq_length()
+    ids, mask = _right_padded(seqs, pad_id, model.device)
+    m, width = ids.shape
+    batch_cache = copy.deepcopy(cache)
+    batch_cache.batch_repeat_interleave(m)
+    mask = torch.cat([torch.ones((m, prefix_len), dtype=mask.dtype, device=mask.device), mask], dim=1)
+    positions = torch.arange(prefix_len, prefix_len + width, device=model.device).expand(m, width)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=batch_cache,
+                use_cache=True)
+    return out.logits
+
+
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Rows of ``probs`` (B, V) restricted to the smallest set of top tokens with mass >= top_p."""
     if top_p >= 1.0:
@@ -108,6 +159,8 @@ class HFLanguageModel(ChatPromptMixin):
       max_length: token limit of prompt + generation (default: the config's
         ``max_position_embeddings``).
       max_batch_size: rows per forward pass when scoring.
+      prefix_cache: score each distinct prompt once and its candidate steps
+        against its KV cache (`score`); False re-reads every prompt + step.
     """
 
     def __init__(
@@ -120,6 +173,7 @@ class HFLanguageModel(ChatPromptMixin):
         step_delimiter: str = "\n\n",
         max_length: int | None = None,
         max_batch_size: int = 64,
+        prefix_cache: bool = True,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -131,22 +185,23 @@ class HFLanguageModel(ChatPromptMixin):
         except OSError:  # no generation_config.json
             eos = None
         self._attach(model, tokenizer, name or os.path.basename(os.path.normpath(path)), eos,
-                     step_delimiter=step_delimiter, max_length=max_length, max_batch_size=max_batch_size)
+                     step_delimiter=step_delimiter, max_length=max_length, max_batch_size=max_batch_size,
+                     prefix_cache=prefix_cache)
 
     @classmethod
     def from_model(cls, model, tokenizer, *, name: str, step_delimiter: str = "\n\n", max_length: int | None = None,
-                   max_batch_size: int = 64) -> "HFLanguageModel":
+                   max_batch_size: int = 64, prefix_cache: bool = True) -> "HFLanguageModel":
         """Wrap a causal LM already built in memory (e.g. random weights from a
         config), used on its own device and in its own dtype, with its tokenizer.
         End tokens: the tokenizer's EOS and ``model.generation_config.eos_token_id``."""
         self = cls.__new__(cls)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         self._attach(model, tokenizer, name, eos, step_delimiter=step_delimiter, max_length=max_length,
-                     max_batch_size=max_batch_size)
+                     max_batch_size=max_batch_size, prefix_cache=prefix_cache)
         return self
 
     def _attach(self, model, tokenizer, name: str, eos, *, step_delimiter: str, max_length: int | None,
-                max_batch_size: int) -> None:
+                max_batch_size: int, prefix_cache: bool) -> None:
         self.name = name
         self.step_delimiter = step_delimiter
         self.tokenizer = tokenizer
@@ -154,6 +209,7 @@ class HFLanguageModel(ChatPromptMixin):
         self.device = model.device
         self.max_length = _max_length(self.model.config, self.tokenizer, max_length)
         self.max_batch_size = int(max_batch_size)
+        self.prefix_cache = bool(prefix_cache)
         end_ids = {self.tokenizer.eos_token_id}
         end_ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
         self.end_token_ids = frozenset(i for i in end_ids if i is not None)
@@ -259,6 +315,12 @@ class HFLanguageModel(ChatPromptMixin):
 
     @torch.no_grad()
     def score(self, states: Sequence[State], steps: Sequence[str]) -> list[list[float]]:
+        """``log_softmax(logits)`` (float32) of each step token after its prompt's tokens (nats).
+
+        Prompt and step are tokenised separately and concatenated; an empty
+        step gives []. With ``prefix_cache``, `_score_cached`; else every
+        prompt + step is read in full (`_score_full`).
+        """
         if len(states) != len(steps):
             raise ValueError(f"{self.name}: {len(states)} states but {len(steps)} steps")
         pairs = []
@@ -269,8 +331,14 @@ class HFLanguageModel(ChatPromptMixin):
             pairs.append((prompt_ids, step_ids))
         result: list[list[float]] = [[] for _ in pairs]
         todo = [k for k, (_, c) in enumerate(pairs) if c]
-        for start in range(0, len(todo), self.max_batch_size):
-            chunk = todo[start : start + self.max_batch_size]
+        (self._score_cached if self.prefix_cache else self._score_full)(pairs, todo, result)
+        return result
+
+    def _score_full(self, pairs: list[tuple[list[int], list[int]]], todo: list[int],
+                    result: list[list[float]]) -> None:
+        """``result[k]`` for k in ``todo``: rows of ``prompt + step`` (right-padded,
+        ``max_batch_size`` per pass); step token t from the logits at P - 1 + t."""
+        for chunk in _chunks(todo, self.max_batch_size):
             ids, mask = _right_padded([pairs[k][0] + pairs[k][1] for k in chunk], self.pad_token_id, self.device)
             logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
             for b, k in enumerate(chunk):
@@ -278,7 +346,36 @@ class HFLanguageModel(ChatPromptMixin):
                 where = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=self.device)
                 target = torch.tensor(c, device=self.device)
                 result[k] = logp[b, where, target].tolist()
-        return result
+
+    def _score_cached(self, pairs: list[tuple[list[int], list[int]]], todo: list[int],
+                      result: list[list[float]]) -> None:
+        """``result[k]`` for k in ``todo``, each distinct (prompt, step) computed once.
+
+        Per distinct prompt (P tokens): one pass 1 x P fills a KV cache and its
+        last logits give the first token of every step; then the distinct
+        steps, less their last token (nothing reads the logits after it), run
+        as continuations of the cache, ``max_batch_size`` per pass
+        (`_run_continuations`): step token t >= 1 from continuation row t - 1.
+        """
+        groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
+        for k in todo:
+            prompt, step = pairs[k]
+            groups.setdefault(tuple(prompt), {}).setdefault(tuple(step), []).append(k)
+        for prompt, by_step in groups.items():
+            cache, last = _run_prefix(self.model, prompt, logits_to_keep=1)
+            first = torch.log_softmax(last[0, -1].float(), dim=-1)  # (V,)
+            logps = {step: [float(first[step[0]])] for step in by_step}
+            longer = [step for step in by_step if len(step) > 1]
+            for chunk in _chunks(longer, self.max_batch_size):
+                logits = _run_continuations(self.model, cache, [step[:-1] for step in chunk], self.pad_token_id)
+                logp = torch.log_softmax(logits.float(), dim=-1)  # (m, Lmax, V)
+                for b, step in enumerate(chunk):
+                    where = torch.arange(len(step) - 1, device=self.device)
+                    target = torch.tensor(step[1:], device=self.device)
+                    logps[step] += logp[b, where, target].tolist()
+            for step, ks in by_step.items():
+                for k in ks:
+                    result[k] = list(logps[step])
 
 
 class HFRewardModel(PRMInputMixin):
@@ -298,6 +395,9 @@ class HFRewardModel(PRMInputMixin):
         tokenizer (its id is looked up, never assumed).
       system: optional system message of the PRM's chat prompt.
       device, dtype, name, max_length, max_batch_size: as `HFLanguageModel`.
+      prefix_cache: read the input of each state's parent (question and
+        ``steps[:-1]``) once and the last step segments against its KV cache
+        (`rewards`); False re-reads every input in full.
     """
 
     def __init__(
@@ -313,6 +413,7 @@ class HFRewardModel(PRMInputMixin):
         name: str | None = None,
         max_length: int | None = None,
         max_batch_size: int = 64,
+        prefix_cache: bool = True,
     ):
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -323,23 +424,23 @@ class HFRewardModel(PRMInputMixin):
         model = AutoModelForTokenClassification.from_pretrained(path, dtype=_dtype(dtype)).to(torch.device(device))
         self._attach(model, tokenizer, name or os.path.basename(os.path.normpath(path)),
                      convention=convention, step_delimiter=step_delimiter, step_tag=step_tag, system=system,
-                     max_length=max_length, max_batch_size=max_batch_size)
+                     max_length=max_length, max_batch_size=max_batch_size, prefix_cache=prefix_cache)
 
     @classmethod
     def from_model(cls, model, tokenizer, *, name: str, convention: str = "value_head", step_delimiter: str = "\n\n",
                    step_tag: str = "<extra_0>", system: str | None = None, max_length: int | None = None,
-                   max_batch_size: int = 64) -> "HFRewardModel":
+                   max_batch_size: int = 64, prefix_cache: bool = True) -> "HFRewardModel":
         """Wrap a token classifier already built in memory (its ``logits`` are
         read; any head works), used on its own device and in its own dtype."""
         if convention not in PRM_CONVENTIONS:
             raise ValueError(f"convention must be one of {PRM_CONVENTIONS}, got {convention!r}")
         self = cls.__new__(cls)
         self._attach(model, tokenizer, name, convention=convention, step_delimiter=step_delimiter, step_tag=step_tag,
-                     system=system, max_length=max_length, max_batch_size=max_batch_size)
+                     system=system, max_length=max_length, max_batch_size=max_batch_size, prefix_cache=prefix_cache)
         return self
 
     def _attach(self, model, tokenizer, name: str, *, convention: str, step_delimiter: str, step_tag: str,
-                system: str | None, max_length: int | None, max_batch_size: int) -> None:
+                system: str | None, max_length: int | None, max_batch_size: int, prefix_cache: bool) -> None:
         self.name = name
         self.convention = convention
         self.step_delimiter = step_delimiter
@@ -349,6 +450,7 @@ class HFRewardModel(PRMInputMixin):
         self.device = model.device
         self.max_length = _max_length(self.model.config, self.tokenizer, max_length)
         self.max_batch_size = int(max_batch_size)
+        self.prefix_cache = bool(prefix_cache)
         self.step_tag_id = step_tag_id(self.tokenizer, step_tag, self.name) if convention == "step_tag" else None
         labels = self.model.config.num_labels
         if (convention == "value_head") != (labels == 1):
@@ -361,15 +463,66 @@ class HFRewardModel(PRMInputMixin):
 
     @torch.no_grad()
     def rewards(self, states: Sequence[State]) -> list[list[float]]:
+        """Per-step rewards: `rewards_from_logits` of the head at each step's
+        reward position of `common.prm_input`; a state with no steps gives [].
+        With ``prefix_cache``, `_rewards_cached`; else `_rewards_full`."""
         inputs = [self.inputs(s) for s in states]
         result: list[list[float]] = [[] for _ in inputs]
         todo = [k for k, (_, pos) in enumerate(inputs) if pos]
-        for start in range(0, len(todo), self.max_batch_size):
-            chunk = todo[start : start + self.max_batch_size]
+        if self.prefix_cache:
+            todo = self._rewards_cached(states, inputs, todo, result)
+        self._rewards_full(inputs, todo, result)
+        return result
+
+    def _rewards_full(self, inputs: list[tuple[list[int], list[int]]], todo: list[int],
+                      result: list[list[float]]) -> None:
+        """``result[k]`` for k in ``todo``: whole inputs, right-padded, ``max_batch_size`` per pass."""
+        for chunk in _chunks(todo, self.max_batch_size):
             ids, mask = _right_padded([inputs[k][0] for k in chunk], self.pad_token_id, self.device)
             logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
             for b, k in enumerate(chunk):
                 rows = logits[b, inputs[k][1]].double().cpu().tolist()
                 result[k] = rewards_from_logits(rows, self.convention)
-        return result
+
+    def _rewards_cached(self, states: Sequence[State], inputs: list[tuple[list[int], list[int]]], todo: list[int],
+                        result: list[list[float]]) -> list[int]:
+        """``result[k]`` for the k in ``todo`` whose input extends its parent's; returns the others.
+
+        The parent of a state is ``State(question, steps[:-1])``. Its input
+        (P tokens, reward positions of the earlier steps) is read once, 1 x P,
+        filling a KV cache and giving the earlier rewards; the children's
+        last step segments (each distinct one once) run as continuations of
+        the cache, ``max_batch_size`` per pass (`_run_continuations`), the
+        last reward from the segment's last row. A child whose input does not
+        start with its parent's (ids and positions), adds no token or has its
+        last reward elsewhere than at its last token is returned, for
+        `_rewards_full`.
+        """
+        groups: dict[State, list[int]] = {}
+        for k in todo:
+            groups.setdefault(State(states[k].question, states[k].steps[:-1]), []).append(k)
+        rest = []
+        for parent, ks in groups.items():
+            prefix, positions = self.inputs(parent)
+            by_segment: dict[tuple[int, ...], list[int]] = {}
+            for k in ks:
+                ids, pos = inputs[k]
+                extends = ids[: len(prefix)] == prefix and pos[:-1] == positions
+                if extends and len(ids) > len(prefix) and pos[-1] == len(ids) - 1:
+                    by_segment.setdefault(tuple(ids[len(prefix) :]), []).append(k)
+                else:
+                    rest.append(k)
+            if not by_segment:
+                continue
+            cache, head = _run_prefix(self.model, prefix)  # head: (1, P, num_labels)
+            earlier = head[0, positions].double().cpu().tolist()
+            segments = list(by_segment)
+            for chunk in _chunks(segments, self.max_batch_size):
+                logits = _run_continuations(self.model, cache, chunk, self.pad_token_id).float()
+                for b, segment in enumerate(chunk):
+                    last = logits[b, len(segment) - 1].double().cpu().tolist()
+                    rewards = rewards_from_logits(earlier + [last], self.convention)
+                    for k in by_segment[segment]:
+                        result[k] = list(rewards)
+        return sorted(rest)
 
