@@ -27,8 +27,8 @@ def free_port() -> int:
 class Server:
     """One ``python -m vllm.entrypoints.openai.api_server`` in its own process group."""
 
-    def __init__(self, model_dir: str, log: Path, *extra: str):
-        self.model_dir, self.log, self.extra = model_dir, log, extra
+    def __init__(self, model_dir: str, log: Path, *extra: str, env: dict | None = None):
+        self.model_dir, self.log, self.extra, self.env = model_dir, log, extra, dict(env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -36,7 +36,7 @@ class Server:
     def start(self) -> None:
         # one engine process instead of two (the worker runs inside the engine core): faster start-up
         env = dict(os.environ, OMP_NUM_THREADS="1", VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1",
-                   VLLM_ENABLE_V1_MULTIPROCESSING="0")
+                   VLLM_ENABLE_V1_MULTIPROCESSING="0", **self.env)
         cmd = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
             "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",

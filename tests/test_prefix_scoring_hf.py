@@ -15,17 +15,7 @@ import pytest
 from specs_llm.backends.base import State
 from specs_llm.backends.hf import HFLanguageModel, HFRewardModel
 from specs_llm.testbed import model_path
-
-TOL = 1e-5
-Q = "Compute 47 + 8 - 5 + 9."
-Q2 = "Compute 77 + 3 + 8 + 9."
-LONG = State("Compute 12 + 5 - 3 + 8 - 4 + 6 + 1.",
-             ("12 + 5 = 17.", "17 - 3 = 14.", "14 + 8 = 22.", "22 - 4 = 18.", "18 + 6 = 24."))
-
-
-def step(text: str) -> str:
-    """A scored step text: the step and its delimiter (`Step.scored_text`)."""
-    return text + "\n\n"
+from prefix_cases import LM_PAIRS, PRM_STATES, Q, assert_close, same_search
 
 
 @pytest.fixture(scope="module")
@@ -46,33 +36,7 @@ def twin(model, **options):
                                     **options)
 
 
-def assert_close(got: list[list[float]], want: list[list[float]]) -> None:
-    assert [len(row) for row in got] == [len(row) for row in want]
-    for row_got, row_want in zip(got, want):
-        assert row_got == pytest.approx(row_want, abs=TOL, rel=0)
-
-
 # --------------------------------------------------------------------------- HFLanguageModel.score
-
-
-LM_PAIRS = [
-    # first step: the prefix is the chat prompt only
-    (State(Q), step("47 + 8 = 55.")),
-    (State(Q), step("47 + 8 = 56.")),
-    (State(Q), step("47 + 8 = 55.")),  # a duplicate
-    (State(Q), step("47 + 8 = 55. So the sum of the first two numbers is 55.")),  # longer
-    (State(Q), "4"),  # one token
-    # one earlier step
-    (State(Q, ("47 + 8 = 55.",)), step("55 - 5 = 50.")),
-    (State(Q, ("47 + 8 = 55.",)), ""),  # an empty step
-    (State(Q, ("47 + 8 = 55.",)), step("55 - 5 = 49.")),
-    (State(Q, ("47 + 8 = 56.",)), step("56 - 5 = 51.")),
-    # another question, and a long prefix
-    (State(Q2), step("77 + 3 = 80.")),
-    (LONG, step("24 + 1 = 25.")),
-    (LONG, step("The answer is \\boxed{25}.")),
-    (LONG, step("24 + 1 = 25.")),
-]
 
 
 @pytest.mark.parametrize("batch", [64, 2], ids=["one-pass", "chunked"])
@@ -100,21 +64,6 @@ def test_score_default_is_cached(target):
 
 
 # --------------------------------------------------------------------------- HFRewardModel.rewards
-
-
-PRM_STATES = [
-    State(Q),  # no steps: []
-    State(Q, ("47 + 8 = 55.",)),  # one step: the parent is the chat prompt
-    State(Q, ("47 + 8 = 56.",)),
-    State(Q, ("47 + 8 = 55.", "55 - 5 = 50.")),  # children of one parent
-    State(Q, ("47 + 8 = 55.", "55 - 5 = 51.")),
-    State(Q, ("47 + 8 = 55.", "55 - 5 = 50. Then 50 + 9 = 59, so the answer is 59.")),
-    State(Q, ("47 + 8 = 55.", "55 - 5 = 50.")),  # a duplicate
-    State(Q, ("47 + 8 = 56.", "56 - 5 = 51.")),  # another parent
-    State(Q2, ("77 + 3 = 80.",)),  # another question
-    LONG.extend("24 + 1 = 25."),  # a long prefix
-    LONG.extend("The answer is \\boxed{25}."),
-]
 
 
 @pytest.mark.parametrize("batch", [64, 2], ids=["one-pass", "chunked"])
@@ -145,25 +94,8 @@ def test_rewards_default_is_cached(prm):
 
 
 def test_specs_search_is_the_same_with_and_without_the_cache(target, prm):
-    from specs_llm.config import SearchConfig
-    from specs_llm.data import load_problems
-    from specs_llm.search import Models, run_search
+    from specs_llm.search import Models
 
     draft = HFLanguageModel(model_path("draft"))
-    problems = load_problems("testbed", limit=3)
-    config = SearchConfig(strategy="specs", n=4, k=2, max_steps=8, max_step_tokens=32, seed=3)
-    runs = []
-    for cache in (True, False):
-        models = Models(twin(draft, prefix_cache=cache), twin(target, prefix_cache=cache),
-                        twin(prm, prefix_cache=cache))
-        runs.append(run_search([p.problem for p in problems], models, config))
-    for a, b in zip(*runs):
-        assert a.error is None and b.error is None
-        assert (a.text, a.answer, a.counts) == (b.text, b.answer, b.counts)
-        assert [(s.text, s.source, s.deferred, s.num_tokens) for s in a.steps] == \
-               [(s.text, s.source, s.deferred, s.num_tokens) for s in b.steps]
-        for x, y in zip(a.steps, b.steps):
-            assert (x.score, x.reward) == pytest.approx((y.score, y.reward), abs=TOL)
-            for u, v in ((x.logp_draft, y.logp_draft), (x.logp_target, y.logp_target)):
-                assert (u is None) == (v is None) and (u is None or u == pytest.approx(v, abs=TOL))
-    assert any(s.source == "draft" for r in runs[0] for s in r.steps)  # the target scored drafts
+    same_search(lambda cache: Models(twin(draft, prefix_cache=cache), twin(target, prefix_cache=cache),
+                                     twin(prm, prefix_cache=cache)))
