@@ -15,7 +15,7 @@ per call, at n in {2, 4, 8} and a prefix of 1 or 5 earlier steps:
 - PRM scoring of the n partial solutions, cached then full.
 
 Each repetition takes a new held-out problem (6 steps: 5 operations and the
-answer); the state's prefix is in the target's cache from its generation, as
+answer; every setting runs on the same problems, with its own seeds); the state's prefix is in the target's cache from its generation, as
 in a search (the target saw it at the previous step), and in the PRM's from
 scoring the state itself (the parent was a candidate). Candidates are
 sampled by the draft. Medians over the repetitions.
@@ -91,7 +91,9 @@ def main() -> None:
     rows = []
     for prefix in (1, 5):
         for n in (2, 4, 8):
-            row = dict(n=n, prefix_steps=prefix, **measure(models, problems, n, prefix, args.repeats, args.seed))
+            # a seed of its own per setting: no candidate of an earlier setting is in the cache
+            seed = args.seed + 1000 * len(rows)
+            row = dict(n=n, prefix_steps=prefix, **measure(models, problems, n, prefix, args.repeats, seed))
             row["cached_vs_generation"] = row["score_cached"] / row["generation"]
             row["full_vs_generation"] = row["score_full"] / row["generation"]
             rows.append(row)
