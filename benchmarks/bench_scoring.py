@@ -15,7 +15,8 @@ per call, at n in {2, 4, 8} and a prefix of 1 or 5 earlier steps:
 - PRM scoring of the n partial solutions, cached then full.
 
 Each repetition takes a new held-out problem (6 steps: 5 operations and the
-answer; every setting runs on the same problems, with its own seeds); the state's prefix is in the target's cache from its generation, as
+answer; every setting runs on the same problems, with its own seeds); the
+state's prefix is in the target's cache from its generation, as
 in a search (the target saw it at the previous step), and in the PRM's from
 scoring the state itself (the parent was a candidate). Candidates are
 sampled by the draft. Medians over the repetitions.

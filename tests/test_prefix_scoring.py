@@ -124,7 +124,8 @@ if CHILD:
 
         kw = dict(dtype="float32", max_model_len=512, enforce_eager=True, max_num_batched_tokens=32768,
                   block_size=int(BLOCK))
-        return {"draft": VLLMLanguageModel(testbed["draft"], **kw), "target": VLLMLanguageModel(testbed["target"], **kw),
+        return {"draft": VLLMLanguageModel(testbed["draft"], **kw),
+                "target": VLLMLanguageModel(testbed["target"], **kw),
                 "prm": VLLMRewardModel(testbed["prm"], **kw)}
 
     def test_vllm_cached_scoring_equals_full(engines):

@@ -77,7 +77,7 @@ from .common import (
     rewards_from_logits,
     step_tag_id,
 )
-from .prefix import CacheStats, PrefixMemo, prefix_cached_values
+from .prefix import SCORE_ROUTE, TOKEN_CLASSIFY_ROUTE, CacheStats, PrefixMemo, prefix_cached_values
 
 __all__ = ["OpenAIServerLanguageModel", "OpenAIServerRewardModel", "wait_until_ready"]
 
@@ -95,9 +95,6 @@ _NEUTRAL_SAMPLING = {
     "skip_special_tokens": True,
 }
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-# the routes of the `specs` endpoint plugin (vllm_plugin; not imported here: it needs vllm)
-_SCORE_ROUTE = "/specs/v1/score"
-_TOKEN_CLASSIFY_ROUTE = "/specs/v1/token_classify"
 
 
 class _NoPlugin(Exception):
@@ -508,7 +505,7 @@ class OpenAIServerLanguageModel(ChatPromptMixin, _RemoteModel):
                 check_prompt_length(self.name, len(p) + len(c), limit, "prompt + step")
         seqs = [pairs[k][0] + pairs[k][1] for k in todo]
         wanted = [list(range(len(pairs[k][0]), len(q))) for k, q in zip(todo, seqs)]
-        values = self._plugin_values(_SCORE_ROUTE, "prompts", seqs, wanted, "logprobs")
+        values = self._plugin_values(SCORE_ROUTE, "prompts", seqs, wanted, "logprobs")
         if values is not None:
             for k, v in zip(todo, values):
                 result[k] = [float(x) for x in v]
@@ -602,7 +599,7 @@ class OpenAIServerRewardModel(PRMInputMixin, _RemoteModel):
         if not todo:
             return result
         labels = 1 if self.convention == "value_head" else 2
-        rows = self._plugin_values(_TOKEN_CLASSIFY_ROUTE, "inputs", [inputs[k][0] for k in todo],
+        rows = self._plugin_values(TOKEN_CLASSIFY_ROUTE, "inputs", [inputs[k][0] for k in todo],
                                    [inputs[k][1] for k in todo], "rows")
         if rows is not None:
             for k, r in zip(todo, rows):

@@ -29,7 +29,12 @@ from typing import Callable, Hashable, Sequence
 
 from .base import BackendError
 
-__all__ = ["CacheStats", "PrefixMemo", "prefix_digests", "prefix_cached_values"]
+__all__ = ["CacheStats", "PrefixMemo", "prefix_digests", "prefix_cached_values", "prompt_logprob_answer",
+           "head_rows_answer", "SCORE_ROUTE", "TOKEN_CLASSIFY_ROUTE"]
+
+# The routes of the `specs` vLLM endpoint plugin (`vllm_plugin`), whose answers are `Run` triples.
+SCORE_ROUTE = "/specs/v1/score"
+TOKEN_CLASSIFY_ROUTE = "/specs/v1/token_classify"
 
 # run(sequences, read_cache) -> for each sequence (cached, offset, values):
 # tokens the engine read from its cache, and values[j], the output at position
@@ -144,3 +149,27 @@ def prefix_cached_values(seqs: Sequence[Sequence[int]], positions: Sequence[Sequ
             if any(t not in got[u] for t in wanted[u]):
                 raise BackendError(f"{what}: scoring without the prefix cache left positions without outputs")
     return [[got[unique[tuple(s)]][t] for t in pos] for s, pos in zip(seqs, positions)]
+
+
+def prompt_logprob_answer(seq: Sequence[int], prompt_logprobs, cached: int) -> tuple[int, int, list]:
+    """The `Run` triple of a vLLM request with ``prompt_logprobs=0`` that read
+    ``cached`` tokens from the cache: token t's log-prob is computed at
+    position t - 1, so the engine gave tokens t >= cached + 1. A value is
+    None where the row does not hold token t. ``prompt_logprobs``: vLLM's
+    list of {token id: Logprob} (None first)."""
+    if prompt_logprobs is None or len(prompt_logprobs) != len(seq):
+        raise BackendError("vLLM returned no prompt log-probs for a scored sequence")
+    values = []
+    for t in range(cached + 1, len(seq)):
+        entry = prompt_logprobs[t].get(seq[t]) if prompt_logprobs[t] is not None else None
+        values.append(None if entry is None else entry.logprob)
+    return cached, cached + 1, values
+
+
+def head_rows_answer(seq: Sequence[int], rows: list, cached: int) -> tuple[int, int, list]:
+    """The `Run` triple of a vLLM ``token_classify`` request that read
+    ``cached`` tokens from the cache: it returns the rows of tokens
+    ``cached, cached + 1, ...`` (one list of head outputs each)."""
+    if len(rows) != len(seq) - cached:
+        raise BackendError(f"vLLM returned {len(rows)} token outputs for {len(seq)} tokens ({cached} cached)")
+    return cached, cached, rows

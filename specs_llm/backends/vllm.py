@@ -73,7 +73,7 @@ from .common import (
     rewards_from_logits,
     step_tag_id,
 )
-from .prefix import CacheStats, PrefixMemo, prefix_cached_values
+from .prefix import CacheStats, PrefixMemo, head_rows_answer, prefix_cached_values, prompt_logprob_answer
 
 # One engine call at a time per process. The search loop scores with the
 # target and the PRM in parallel threads; two in-process vLLM engines driven
@@ -209,27 +209,16 @@ class VLLMLanguageModel(ChatPromptMixin):
         return result
 
     def _prompt_logprobs(self, seqs: list[list[int]], read_cache: bool) -> list[tuple[int, int, list]]:
-        """For each sequence (cached tokens, offset, log-probs of its tokens from ``offset`` on).
-
-        Token t's log-prob is computed at position t - 1, so with c cached
-        tokens the engine gives tokens t >= c + 1; without the cache t >= 1.
-        A value is None where the row does not hold token t (`prefix`)."""
+        """`prefix.prompt_logprob_answer` of each sequence, reading the cache or not."""
         params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
                                      skip_reading_prefix_cache=not read_cache)
         with _ENGINE_LOCK:
             outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
-        answers = []
-        for s, out in zip(seqs, outputs):
-            lps = out.prompt_logprobs
-            if lps is None or len(lps) != len(s):
-                raise BackendError(f"{self.name}: vLLM returned no prompt log-probs for a scored step")
-            cached = int(out.num_cached_tokens or 0) if read_cache else 0
-            values = []
-            for t in range(cached + 1, len(s)):
-                entry = lps[t].get(s[t]) if lps[t] is not None else None
-                values.append(None if entry is None else entry.logprob)
-            answers.append((cached, cached + 1, values))
-        return answers
+        try:
+            return [prompt_logprob_answer(s, out.prompt_logprobs, int(out.num_cached_tokens or 0) if read_cache else 0)
+                    for s, out in zip(seqs, outputs)]
+        except BackendError as err:
+            raise BackendError(f"{self.name}: {err}") from None
 
 
 class VLLMRewardModel(PRMInputMixin):
@@ -294,8 +283,7 @@ class VLLMRewardModel(PRMInputMixin):
         return result
 
     def _head_rows(self, seqs: list[list[int]], read_cache: bool) -> list[tuple[int, int, list]]:
-        """For each input (cached tokens c, offset c, the head's rows of tokens c, c + 1, ...):
-        ``token_classify`` returns the rows of the tokens it computed."""
+        """`prefix.head_rows_answer` of each input, reading the cache or not."""
         params = vllm.PoolingParams(use_activation=False, skip_reading_prefix_cache=not read_cache)
         with _ENGINE_LOCK:
             outputs = self.llm.encode([{"prompt_token_ids": s} for s in seqs], params, pooling_task="token_classify",
@@ -303,11 +291,9 @@ class VLLMRewardModel(PRMInputMixin):
         answers = []
         for s, out in zip(seqs, outputs):
             data = out.outputs.data
-            if data.ndim == 1:
-                data = data[:, None]
-            cached = int(out.num_cached_tokens or 0) if read_cache else 0
-            if data.shape[0] != len(s) - cached:
-                raise BackendError(f"{self.name}: vLLM returned {data.shape[0]} token outputs for {len(s)} tokens"
-                                   f" ({cached} cached)")
-            answers.append((cached, cached, data.double().cpu().tolist()))
+            rows = (data[:, None] if data.ndim == 1 else data).double().cpu().tolist()
+            try:
+                answers.append(head_rows_answer(s, rows, int(out.num_cached_tokens or 0) if read_cache else 0))
+            except BackendError as err:
+                raise BackendError(f"{self.name}: {err}") from None
         return answers

@@ -36,11 +36,12 @@ import vllm
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-__all__ = ["PLUGIN_NAME", "SCORE_ROUTE", "TOKEN_CLASSIFY_ROUTE", "SpecsEndpoints"]
+from .base import BackendError
+from .prefix import SCORE_ROUTE, TOKEN_CLASSIFY_ROUTE, head_rows_answer, prompt_logprob_answer
+
+__all__ = ["PLUGIN_NAME", "SpecsEndpoints"]
 
 PLUGIN_NAME = "specs"
-SCORE_ROUTE = "/specs/v1/score"
-TOKEN_CLASSIFY_ROUTE = "/specs/v1/token_classify"
 
 
 def _json(obj, status: int = 200) -> Response:
@@ -101,18 +102,12 @@ class SpecsEndpoints:
             _last(self.engine.generate({"prompt_token_ids": s}, params.clone(), f"specs-score-{tag}-{i}"))
             for i, s in enumerate(seqs)
         ))
-        data = []
-        for s, out in zip(seqs, outs):
-            lps = out.prompt_logprobs
-            if lps is None or len(lps) != len(s):
-                return _error("the engine returned no prompt log-probs", 500)
-            cached = int(out.num_cached_tokens or 0) if read_cache else 0
-            values = []
-            for t in range(cached + 1, len(s)):
-                entry = lps[t].get(s[t]) if lps[t] is not None else None
-                values.append(None if entry is None else entry.logprob)
-            data.append({"cached": cached, "offset": cached + 1, "logprobs": values})
-        return _json({"data": data})
+        try:
+            data = [prompt_logprob_answer(s, out.prompt_logprobs, int(out.num_cached_tokens or 0) if read_cache else 0)
+                    for s, out in zip(seqs, outs)]
+        except BackendError as err:
+            return _error(str(err), 500)
+        return _json({"data": [{"cached": c, "offset": o, "logprobs": v} for c, o, v in data]})
 
     async def token_classify(self, request: Request) -> Response:
         try:
@@ -131,11 +126,9 @@ class SpecsEndpoints:
         data = []
         for s, out in zip(seqs, outs):
             rows = out.outputs.data
-            if rows.ndim == 1:
-                rows = rows[:, None]
-            cached = int(out.num_cached_tokens or 0) if read_cache else 0
-            if rows.shape[0] != len(s) - cached:
-                return _error(f"the engine returned {rows.shape[0]} token outputs for {len(s)} tokens"
-                              f" ({cached} cached)", 500)
-            data.append({"cached": cached, "offset": cached, "rows": rows.double().cpu().tolist()})
-        return _json({"data": data})
+            rows = (rows[:, None] if rows.ndim == 1 else rows).double().cpu().tolist()
+            try:
+                data.append(head_rows_answer(s, rows, int(out.num_cached_tokens or 0) if read_cache else 0))
+            except BackendError as err:
+                return _error(str(err), 500)
+        return _json({"data": [{"cached": c, "offset": o, "rows": r} for c, o, r in data]})
