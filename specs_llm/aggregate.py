@@ -55,7 +55,7 @@ def _draw_one(key, log_weights):
     return subsample(key, log_weights, 1, temperature=1.0, replace=True)[0]
 
 
-def choose_answer(beams: Sequence, aggregation: str, delimiter: str = "\n\n", *, key=None):
+def choose_answer(beams: Sequence, aggregation: str, *, key=None):
     """The chosen beam among ``beams`` (non-empty); "sample" draws with the
     PRNG ``key``."""
     if not beams:
@@ -75,7 +75,7 @@ def choose_answer(beams: Sequence, aggregation: str, delimiter: str = "\n\n", *,
     weight: dict[str, float] = defaultdict(float)
     members: dict[str, list] = defaultdict(list)
     for b in beams:
-        ans = extract_answer(delimiter.join(b.state.steps))
+        ans = extract_answer(b.text)
         key = "".join(ans.split()) if ans is not None else "\0none"
         w = beam_value(b, "prm_last")
         weight[key] += max(w, 0.0) if w > -math.inf else 0.0

@@ -55,7 +55,12 @@ class Models(NamedTuple):
 
 @dataclass(frozen=True)
 class StepRecord:
-    """A kept step: where it came from and how it was judged."""
+    """A kept step: where it came from and how it was judged.
+
+    ``text + end`` is exactly what was generated for the step: ``end`` is the
+    step delimiter when the step stopped at it, else "" (EOS, length, or a
+    best-of-n response, which is generated without a stop string).
+    """
 
     text: str
     source: str  # "draft" or "target"
@@ -65,6 +70,7 @@ class StepRecord:
     num_tokens: int
     logp_draft: float | None = None
     logp_target: float | None = None
+    end: str = ""
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.__dict__.items()}
@@ -78,13 +84,21 @@ class Beam:
     finish: str | None = None  # None while active; "eos", "length" or "max_steps" when done
     log_weight: float = 0.0  # SMC importance log-weight (0 for the other strategies)
 
+    @property
+    def text(self) -> str:
+        """The response as generated: ``"".join(r.text + r.end for r in records)``.
+
+        Not built from ``state.steps``: a best-of-n response is split into
+        steps there, blank pieces dropped, for the PRM."""
+        return "".join(r.text + r.end for r in self.records)
+
 
 @dataclass
 class SearchResult:
     """Outcome for one problem."""
 
     question: str
-    text: str | None = None
+    text: str | None = None  # the chosen beam's `Beam.text`: its kept steps as generated
     answer: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
     finished: list[Beam] = field(default_factory=list)
@@ -507,10 +521,14 @@ class _Search:
 
     def child(self, parent: Beam, x: _Candidate, *, deferred: bool) -> Beam:
         """``parent`` extended by candidate ``x``."""
+        # A step that stopped ends with the delimiter, the loop's only stop
+        # string (the state continues with ``text + delimiter``), whether or
+        # not the backend wrote it in ``Step.end`` (the MDP backend does not).
+        end = x.step.end or (self.c.step_delimiter if x.step.finish_reason == "stop" else "")
         rec = StepRecord(
             text=x.step.text, source=x.source, score=x.score, reward=x.reward, deferred=deferred,
             num_tokens=x.step.num_tokens, logp_draft=x.step.logprob if x.source == "draft" else x.logp_target,
-            logp_target=x.logp_target if x.source == "draft" else x.step.logprob,
+            logp_target=x.logp_target if x.source == "draft" else x.step.logprob, end=end,
         )
         finish = x.step.finish_reason if x.step.finish_reason in ("eos", "length") else None
         if self.c.strategy == "bon":
@@ -593,8 +611,8 @@ def run_search(
                            smc=p.particles.trace if p.particles is not None else [])
         if p.error is None and p.finished:
             key = _output_key(search.root_key, p.index) if config.aggregation == "sample" else None
-            best = choose_answer(p.finished, config.aggregation, config.step_delimiter, key=key)
-            res.text = config.step_delimiter.join(best.state.steps)
+            best = choose_answer(p.finished, config.aggregation, key=key)
+            res.text = best.text
             res.steps = list(best.records)
             res.answer = best_answer(res.text)
         res.timing = ledger.problem_summary(p.index)

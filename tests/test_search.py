@@ -182,6 +182,19 @@ def test_every_strategy_completes(mdp, models, cfg):
                     assert s.reward > 0.5
 
 
+@pytest.mark.parametrize("strategy", ["specs", "beam", "bon", "rsd", "smc"])
+def test_text_is_the_kept_steps_as_generated(mdp, models, strategy):
+    rsd = strategy == "rsd"
+    cfg = SearchConfig(strategy=strategy, n=1 if rsd else 4, k=1, threshold=0.5 if rsd else 2.0,
+                       sampling_temperature=1.0, seed=2)
+    for r in run_search(["q"] * 6, models, cfg):
+        assert r.error is None
+        assert r.text == "".join(s.text + s.end for s in r.steps)
+        # a block that stopped ends with the delimiter, though the MDP backend leaves Step.end empty
+        assert [s.end for s in r.steps] == ["\n\n"] * (len(r.steps) - 1) + ["\n\n" if strategy == "bon" else ""]
+        assert len(r.steps) == (1 if strategy == "bon" else mdp.H)
+
+
 def test_seeded_runs_reproduce(mdp, models):
     cfg = ideal(mdp, threshold=0.55, seed=5)
     a = [r.to_dict()["steps"] for r in run_search(["q"] * 50, models, cfg)]

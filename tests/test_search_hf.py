@@ -53,6 +53,33 @@ def test_every_strategy_completes_and_reproduces(models, cfg):
             assert "target_scoring" in summary["by_phase"]
 
 
+def _blank_pieces_dropped(text, delimiter="\n\n"):
+    """What the final text of a best-of-n response was before issue 18: its
+    pieces between delimiters, blank ones dropped, joined again."""
+    return delimiter.join(t for t in text.split(delimiter) if t.strip())
+
+
+@pytest.mark.parametrize("cfg", SEARCHES, ids=[f"{c['strategy']}-{i}" for i, c in enumerate(SEARCHES)])
+def test_text_is_the_kept_steps_as_generated(models, cfg):
+    from specs_llm.grading import extract_answer
+
+    config = SearchConfig(max_steps=3, max_step_tokens=16, sampling_temperature=1.0, seed=3, **cfg)
+    results = run_search(QUESTIONS, models, config)
+    for r in results:
+        assert r.error is None, r.error
+        assert r.text == "".join(s.text + s.end for s in r.steps)
+        assert all(s.end == "\n\n" for s in r.steps[:-1])  # only the last step may end otherwise
+        chosen = [b for b in r.finished if list(b.records) == r.steps]  # smc: copies of one particle
+        assert chosen and all(b.text == r.text for b in chosen)
+        assert r.answer == extract_answer(r.text)
+        assert [s["end"] for s in r.to_dict()["steps"]] == [s.end for s in r.steps]
+        if cfg["strategy"] == "bon":  # one whole response, generated without a stop string
+            (step,) = r.steps
+            assert step.end == "" and r.text == step.text
+    if cfg["strategy"] == "bon":  # the case of issue 18 did occur: blank pieces, kept in the text
+        assert any(r.text != _blank_pieces_dropped(r.text) for r in results)
+
+
 def test_specs_scores_are_the_documented_formula(models):
     # reward weight 10, no length normalisation: score = (logp_t - logp_d) + 10 r
     config = SearchConfig(n=4, max_steps=2, max_step_tokens=12, first_step="draft", threshold=None, seed=2,
@@ -91,6 +118,21 @@ def test_cli_generate_json(tiny_models, capsys):
         assert s["source"] in ("draft", "target")
     assert {"draft", "target", "prm"} <= set(out["run_timing"]["by_model"])
     assert "draft_generation" in out["run_timing"]["by_phase"]
+
+
+def test_cli_generate_json_bon_text_is_the_response_as_generated(tiny_models, capsys):
+    from specs_llm.cli import main
+
+    rc = main([
+        "generate", "--backend", "hf", "--target", tiny_models["target"], "--prm", tiny_models["prm"],
+        "--question", "What is 2+2?", "--strategy", "bon", "--n", "4", "--max-step-tokens", "16", "--seed", "3",
+        "--json",
+    ])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["error"] is None
+    (step,) = out["steps"]
+    assert step["end"] == "" and out["text"] == step["text"]
+    assert out["text"] != _blank_pieces_dropped(out["text"])  # leading blank pieces: the case of issue 18
 
 
 def test_cli_generate_trace_and_errors(tiny_models, capsys):
