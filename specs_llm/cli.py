@@ -17,9 +17,11 @@ never loads torch or vllm.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
+from .backends.vllm_env import VLLM_ENV_HELP, apply_vllm_env
 from .config import AGGREGATIONS, RESAMPLING, STRATEGIES
 
 __all__ = ["main", "build_parser"]
@@ -75,12 +77,16 @@ def _generate(args) -> int:
         raise SystemExit(f"error: --draft is required for strategy {config.strategy!r} "
                          f"(generator {config.generator!r})")
     options = json.loads(args.backend_options) if args.backend_options else {}
-    models = load_models(
-        args.backend, draft=args.draft if needs_draft else None, target=args.target, prm=args.prm,
-        prm_convention=args.prm_convention, step_delimiter=config.step_delimiter, options=options,
-    )
-    ledger = Ledger()
-    (result,) = run_search([args.question], models, config, ledger=ledger)
+    if args.backend == "vllm":
+        apply_vllm_env()
+    # With --json, stdout carries the JSON object alone: anything else printed meanwhile goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        models = load_models(
+            args.backend, draft=args.draft if needs_draft else None, target=args.target, prm=args.prm,
+            prm_convention=args.prm_convention, step_delimiter=config.step_delimiter, options=options,
+        )
+        ledger = Ledger()
+        (result,) = run_search([args.question], models, config, ledger=ledger)
     out = result.to_dict()
     out["config"] = config.__dict__
     out["run_timing"] = ledger.summary()
@@ -200,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--quick", action="store_true", help="fewer Monte Carlo draws")
     ver.set_defaults(func=_theory_verify)
 
-    gen = sub.add_parser("generate", help="solve one question with SPECS or a baseline; print the trace")
+    gen = sub.add_parser("generate", help="solve one question with SPECS or a baseline; print the trace",
+                         epilog=VLLM_ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     gen.add_argument("--backend", choices=("hf", "vllm", "openai_server"), default="hf")
     gen.add_argument("--draft", help="draft model directory (or server URL)")
     gen.add_argument("--target", required=True, help="target model directory (or server URL)")
@@ -224,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     gen.set_defaults(func=_generate)
 
-    run = sub.add_parser("run", help="run a YAML recipe (resumable) and write results.jsonl")
+    run = sub.add_parser("run", help="run a YAML recipe (resumable) and write results.jsonl",
+                         epilog=VLLM_ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("recipe")
     run.add_argument("--out", help="output directory (default: from the recipe)")
     run.add_argument("--limit", type=int, help="first N problems of each dataset")

@@ -43,7 +43,10 @@ Grading uses `specs_llm.grading.Grader`: a comparison that times out is
 recorded with ``grade_status="timeout"`` and graded wrong.
 
 Models are loaded once per process and shared by every method and setting
-(`recipe_models`, memoised on the backend and model specs).
+(`recipe_models`, memoised on the backend and model specs). A vllm recipe
+first gets vLLM's environment defaults (`backends.vllm_env`: logs on stderr;
+on the CPU a 1 GiB KV cache per model, the engine in this process, one
+OpenMP thread), each unless the variable is set.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
+from .backends.vllm_env import apply_vllm_env
 from .recipes import BackendSpec, ModelSpec, Recipe, Setting, load_recipe, resolve_model_path
 
 __all__ = [
@@ -513,6 +517,8 @@ def run_recipe(
     from .search import run_search
 
     recipe = load_recipe(recipe_path)
+    if recipe.backend.kind == "vllm":
+        apply_vllm_env()  # before the first model loads, hence before vllm is imported
     out = Path(out_dir if out_dir is not None else (recipe.output.dir or Path("runs") / recipe.name))
     out.mkdir(parents=True, exist_ok=True)
     todo_problems = recipe_problems(recipe, limit, problems)
