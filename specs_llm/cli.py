@@ -34,7 +34,7 @@ __all__ = ["main", "build_parser"]
 def _theory_converge(args) -> int:
     from specs_theory.converge import run_converge
 
-    run_converge(out_dir=args.out, quick=args.quick, seed=args.seed)
+    run_converge(out_dir=args.out, quick=args.quick, seed=args.seed, full_multibeam=args.full_multibeam)
     return 0
 
 
@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--quick", action="store_true", help="smaller sweep (under 40 s)")
     conv.add_argument("--out", default="out/converge", help="output directory (default: out/converge)")
     conv.add_argument("--seed", type=int, default=0)
+    conv.add_argument("--full-multibeam", action="store_true", dest="full_multibeam",
+                      help="the full multi-beam Monte Carlo sweep of docs/multibeam.md (about 5 min more)")
     conv.set_defaults(func=_theory_converge)
     ver = tsub.add_parser("verify", help="check every claim of THEORY.md section 5 (PASS/FAIL)")
     ver.add_argument("--out", default="out/verify")

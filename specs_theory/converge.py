@@ -12,6 +12,12 @@ Writes to ``out_dir``:
                   sequence-level SIR (exact) and SMC (Monte Carlo)
   threshold.png   deferrals vs threshold, and the truncated-limit effect
   smc_vs_specs.png    chi2 to pi* of SMC (Monte Carlo) and SPECS (exact)
+  multibeam.png   multi-beam SPECS (k > 1 beams, Monte Carlo): KL to pi* and
+                  the objective gap vs n of a uniformly chosen and of the
+                  best-reward final beam, and the gap vs k at a fixed total n
+                  (docs/multibeam.md). By default a reduced sweep
+                  (MULTIBEAM["default"], seconds); ``full_multibeam`` runs
+                  the full one of docs/multibeam.md (minutes).
 
 and prints a compact table. Results are written after each experiment, so
 an interrupted run keeps what it finished.
@@ -30,16 +36,19 @@ import numpy as np
 
 from specs_theory import experiments as E
 
-__all__ = ["run_converge", "run_experiments", "log_progress", "SETTINGS"]
+__all__ = ["run_converge", "run_experiments", "log_progress", "multibeam_setting", "SETTINGS", "MULTIBEAM"]
 
 # (full, quick) sizes: full < 3 min, quick < 40 s on a 2-core machine (without MULTIBEAM below).
+# E7 adds N beyond smc_Ns (doublings, at most E.SMC_EXTEND_FACTOR x the largest, within
+# smc_budget_s seconds) where the 1/N regime of Var(Zhat) starts just above them.
 SETTINGS = {
     False: dict(top=4096, mc_runs=200_000, mc_ns=(1, 4, 16, 64), enum_ns=(1, 2, 3, 4, 8, 16), quad_ns=(1, 8, 64),
                 threshold_ns=E.powers_of_two(64), threshold_mc_runs=100_000, bon_ns=(1, 2, 4, 16, 64),
-                smc_Ns=E.powers_of_two(256), smc_runs=100_000, gap_top=1024, seq_top=512, perturbations=2000),
+                smc_Ns=E.powers_of_two(256), smc_runs=100_000, smc_budget_s=120.0, gap_top=1024, seq_top=512,
+                perturbations=2000),
     True: dict(top=4096, mc_runs=40_000, mc_ns=(4, 64), enum_ns=(1, 2, 4, 8), quad_ns=(8,),
                threshold_ns=(1, 4, 32, 64), threshold_mc_runs=40_000, bon_ns=(2, 16), smc_Ns=(1, 4, 16, 64),
-               smc_runs=20_000, gap_top=256, seq_top=256, perturbations=500),
+               smc_runs=20_000, smc_budget_s=30.0, gap_top=256, seq_top=256, perturbations=500),
 }
 
 
@@ -49,18 +58,35 @@ def log_progress(msg: str) -> None:
 
 
 # Multi-beam SPECS (k > 1, Monte Carlo; docs/multibeam.md), only in `specs theory converge`.
-# Each (k, n) compiles its own sampler: the full sweep took 13 min on the shared
-# 2-core machine (docs/multibeam.json "seconds"), the quick one about 20 s.
+# Each simulated (k, n) compiles its own sampler (about 2 s) and costs
+# num_runs x n candidates per block.
+#   default: k = 2, 4 at n = 4, 16, 64 (50,000 runs each; six samplers), the
+#            exact k = 1 law and the exact n -> inf limit of k = 2; no beam-search
+#            Monte Carlo, no k = 1 Monte Carlo check (about 15 s on 2 cores).
+#   full:    the sweep of docs/multibeam.md (`full_multibeam`): k = 2, 4 at
+#            n = 4..128, k = 1..16 at totals 16 and 64, beam search with k beams
+#            and k = 1 by Monte Carlo, 200,000 runs each (about 5 min on 2 cores).
+#   quick:   k = 2 at n = 4, 16, 64 (20,000 runs), the exact k = 1 law and k = 2 limit.
 MULTIBEAM = {
-    False: dict(ks=(2, 4), ns=(4, 8, 16, 32, 64, 128), budgets=(16, 64), budget_ks=(1, 2, 4, 8, 16),
-                num_runs=200_000),
-    True: dict(ks=(2,), ns=(4, 16), budgets=(), budget_ks=(), num_runs=20_000, beam=False),
+    "default": dict(ks=(2, 4), ns=(4, 16, 64), budgets=(64,), budget_ks=(1, 2, 4), num_runs=50_000,
+                    beam=False, k1_monte_carlo=False, limit_ks=(2,)),
+    "full": dict(ks=(2, 4), ns=(4, 8, 16, 32, 64, 128), budgets=(16, 64), budget_ks=(1, 2, 4, 8, 16),
+                 num_runs=200_000, limit_ks=(2,)),
+    "quick": dict(ks=(2,), ns=(4, 16, 64), budgets=(), budget_ks=(), num_runs=20_000, beam=False,
+                  k1_monte_carlo=False, limit_ks=(2,)),
 }
 
 
-def run_experiments(mdp, *, quick: bool, seed: int, only=None, log=log_progress, multibeam: bool = False):
+def multibeam_setting(quick: bool, full_multibeam: bool = False) -> str:
+    """The MULTIBEAM key of a run: "full" with ``full_multibeam``, else "quick" or "default"."""
+    return "full" if full_multibeam else ("quick" if quick else "default")
+
+
+def run_experiments(mdp, *, quick: bool, seed: int, only=None, log=log_progress, multibeam: bool = False,
+                    full_multibeam: bool = False):
     """Run the experiments (all, or the names in ``only``; "multibeam" only
-    when ``multibeam``); yields (name, records, facts) after each."""
+    when ``multibeam``, its full sweep with ``full_multibeam``, see
+    MULTIBEAM); yields (name, records, facts) after each."""
     s = SETTINGS[bool(quick)]
     plan = [
         ("E1", lambda: E.e1_gibbs(mdp, seed=seed, num_perturbations=s["perturbations"])),
@@ -70,13 +96,14 @@ def run_experiments(mdp, *, quick: bool, seed: int, only=None, log=log_progress,
         ("E5", lambda: E.e5_threshold(mdp, ns=list(s["threshold_ns"]), num_runs=s["threshold_mc_runs"], seed=seed)),
         ("E6", lambda: E.e6_best_of_n(mdp, ns=s["bon_ns"], num_runs=s["mc_runs"], seed=seed)),
         ("E7", lambda: E.e7_smc(mdp, Ns=list(s["smc_Ns"]), num_runs=s["smc_runs"], seed=seed,
-                                check_runs=s["smc_runs"])),
+                                check_runs=s["smc_runs"], extend_factor=E.SMC_EXTEND_FACTOR,
+                                budget_s=s["smc_budget_s"])),
         ("E8", lambda: E.e8_block_vs_sequence(mdp, ns=E.powers_of_two(s["seq_top"]))),
         ("E10", lambda: E.e10_hard_prm(mdp)),
         ("gaps", lambda: E.objective_gaps(mdp, ns=E.powers_of_two(s["gap_top"]))),
     ]
     if multibeam:
-        plan.append(("multibeam", lambda: E.multibeam(mdp, seed=seed, **MULTIBEAM[bool(quick)])))
+        plan.append(("multibeam", lambda: E.multibeam(mdp, seed=seed, **MULTIBEAM[multibeam_setting(quick, full_multibeam)])))
     records, facts = [], {}
     for name, fn in plan:
         if only is not None and name not in only:
@@ -89,20 +116,32 @@ def run_experiments(mdp, *, quick: bool, seed: int, only=None, log=log_progress,
         yield name, records, facts
 
 
-def run_converge(out_dir="out/converge", *, quick: bool = False, seed: int = 0, instance: dict | None = None) -> dict:
-    """Run E1-E10 on the default instance (THEORY.md section 8; ``instance``
-    overrides its K, H, beta, draft_noise, reward_kind) and write results."""
+def run_converge(out_dir="out/converge", *, quick: bool = False, seed: int = 0, instance: dict | None = None,
+                 full_multibeam: bool = False) -> dict:
+    """Run E1-E10 and the multi-beam experiment on the default instance
+    (THEORY.md section 8; ``instance`` overrides its K, H, beta, draft_noise,
+    reward_kind) and write results.
+
+    The multi-beam experiment is by default a reduced Monte Carlo sweep
+    (MULTIBEAM["default"]: k = 2, 4 at n = 4, 16, 64, 50,000 runs each,
+    with the exact k = 1 law and the exact n -> inf limit of k = 2; seconds);
+    ``full_multibeam`` runs the sweep of docs/multibeam.md (n = 4..128, k up
+    to 16 at totals 16 and 64, beam search with k beams and k = 1 by Monte
+    Carlo, 200,000 runs each; minutes).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(instance or {})
     instance = dict(E.DEFAULT_INSTANCE, **overrides, seed=seed)
     mdp = E.default_mdp(seed, **overrides)
-    log_progress(f"specs theory converge: instance {instance}, {'quick' if quick else 'full'} run -> {out}")
+    setting = multibeam_setting(quick, full_multibeam)
+    log_progress(f"specs theory converge: instance {instance}, {'quick' if quick else 'full'} run, "
+                 f"{setting} multi-beam sweep -> {out}")
     t0 = time.perf_counter()
     result = {}
-    for _, records, facts in run_experiments(mdp, quick=quick, seed=seed, multibeam=True):
-        result = dict(instance=instance, quick=quick, asymptotic_constant=facts.get("E4", {}).get("c"),
-                      facts=facts, records=records)
+    for _, records, facts in run_experiments(mdp, quick=quick, seed=seed, multibeam=True, full_multibeam=full_multibeam):
+        result = dict(instance=instance, quick=quick, multibeam_setting=setting,
+                      asymptotic_constant=facts.get("E4", {}).get("c"), facts=facts, records=records)
         _write(out, result)
     result["seconds"] = time.perf_counter() - t0
     _write(out, result)
@@ -166,6 +205,10 @@ def table(result: dict) -> str:
             if sl["slope"] is not None and sl["divergence"] == "kl_forward":
                 lines.append(f"multibeam k={sl['k']} {sl['method']}: KL(pi*||p) slope {sl['slope']:.2f} (n >= 16), "
                              f"KL = {sl['last'][1]:.2e} at n = {sl['last'][0]}")
+        for lim in f["multibeam"].get("limits", []):
+            if lim["method"] == "specs_best_limit":
+                lines.append(f"multibeam k={lim['k']} specs_best, n -> inf (exact): KL(pi*||p) = {lim['kl_forward']:.2e}, "
+                             f"gap J = {lim['objective_gap']:.4f}")
     if "E10" in f:
         lines.append(f"E10 hard PRM: KL(pi*||limit) = {f['E10']['kl']:.2e}, J = {f['E10']['J_hard']:.5f} "
                      f"< J* = {f['E10']['J_star']:.5f}")
@@ -281,8 +324,9 @@ def plot_all(result: dict, out: Path) -> list[Path]:
 
 
 def plot_multibeam(records, path: Path, budgets=()) -> Path:
-    """KL(pi*||p) and the objective gap vs n at fixed k, and the gap vs k at
-    a fixed total of candidates per block (docs/multibeam.md)."""
+    """KL(pi*||p) and the objective gap vs n at fixed k (with the exact
+    n -> inf limit of the best-reward beam where recorded), and the gap vs k
+    at a fixed total of candidates per block (docs/multibeam.md)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
@@ -308,6 +352,11 @@ def plot_multibeam(records, path: Path, budgets=()) -> Path:
         floor = 1e-7
         axes[0].loglog(n, [max(r["kl_forward"], floor) for r in rr], fmt, ms=4, label=label)
         axes[1].loglog(n, [max(r["objective_gap"], floor) for r in rr], fmt, ms=4, label=label)
+    for j, k in enumerate(ks):  # exact n -> inf limit of the best-reward beam (experiments.multibeam_limit)
+        for r in (r for r in k_of[k] if r["method"] == "specs_best_limit"):
+            for a, name in zip(axes[:2], ("kl_forward", "objective_gap")):
+                a.axhline(r[name], color=f"C{j}", lw=1, ls=(0, (1, 3)),
+                          label=f"SPECS k={k}, best-reward beam, n -> inf (exact)" if name == "kl_forward" else None)
     axes[0].set_ylabel("KL(pi* || p)  (nats)")
     axes[1].set_ylabel("J(pi*) - J(p) = beta KL(p || pi*)")
     for a in axes[:2]:

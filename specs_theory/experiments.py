@@ -39,6 +39,7 @@ __all__ = [
     "e5_threshold",
     "e6_best_of_n",
     "e7_smc",
+    "smc_extension",
     "e8_block_vs_sequence",
     "e10_hard_prm",
     "objective_gaps",
@@ -257,6 +258,8 @@ BOUND_ENTRY = 10.0
 N_MAX = 2**40
 # Entry of the SMC variance's 1/N regime: N >= SMC_ENTRY * sigma2 (Var(Zhat) <= 0.1).
 SMC_ENTRY = 10.0  # the evaluator keeps n(rho - 1) to 1e-7 relative there (float64)
+# e7_smc extends its N grid (doublings) when the N that entry needs are within this factor of the largest N tried.
+SMC_EXTEND_FACTOR = 4.0
 
 
 def _pow2_at_least(x: float) -> int:
@@ -452,12 +455,52 @@ def e6_best_of_n(mdp: BlockMDP, *, ns=(1, 2, 4, 16, 64), num_runs: int = 200_000
 # E7: SMC
 
 
-def e7_smc(mdp: BlockMDP, *, Ns=None, num_runs: int = 100_000, seed: int = 0, check_runs: int = 100_000):
-    Ns = Ns or powers_of_two(256)
+def smc_extension(Ns, N_entry: float, *, factor: float = SMC_EXTEND_FACTOR) -> list[int]:
+    """The N to add to the grid ``Ns`` so that two N >= ``N_entry`` (the
+    entry of the 1/N regime of Var(Zhat)) are measured: doublings of max(Ns)
+    up to the second of them, or none when two are already in ``Ns`` or the
+    largest N needed exceeds ``factor`` * max(Ns)."""
+    top = N = max(Ns)
+    extra = []
+    while sum(x >= N_entry for x in list(Ns) + extra) < 2:
+        N *= 2
+        if N > factor * top:
+            return []
+        extra.append(N)
+    return extra
+
+
+def e7_smc(mdp: BlockMDP, *, Ns=None, num_runs: int = 100_000, seed: int = 0, check_runs: int = 100_000,
+           extend_factor: float = 1.0, budget_s: float = math.inf):
+    """SMC (THEORY.md 4, F2-F3) by Monte Carlo at each N in ``Ns``: E[Zhat],
+    Var(Zhat), chi2(p_N || pi*) (debiased) and the N = 1 and H = 1 checks.
+
+    Var(Zhat) ~ sigma2 / N holds from N_entry = SMC_ENTRY * sigma2 on, and
+    the slope claim needs two such N. When ``Ns`` has fewer and the N needed
+    are within ``extend_factor`` x max(Ns) (`smc_extension`), the grid is
+    extended by doublings while the time of the next N, estimated from the
+    last one (cost ~ N), keeps the extension within ``budget_s`` seconds.
+    ``facts["Ns"]`` are the N measured; ``facts["extended_Ns"]`` the added
+    ones, ``facts["skipped_Ns"]`` those left out for the budget.
+    """
+    Ns = list(Ns or powers_of_two(256))
     star = sequence_logp(exact.optimal_policy(mdp))
     K, H = mdp.K, mdp.H
-    records, zmean, zse, zvar, chi2s = [], [], [], [], []
-    for i, N in enumerate(Ns):
+    # Var(Zhat) = O(1/N) is asymptotic: N Var(Zhat) -> sigma2 = sum_h E_{pi*} chi2_h
+    # (perfect twist, multinomial resampling every block; THEORY.md F2), and
+    # the 1/N^2 terms are relatively O(sigma2/N). Fit over the N of that
+    # regime, N >= SMC_ENTRY * sigma2, or report that it was not reached.
+    sigma2 = float(jnp.sum(bounds.coverage(mdp).chi2_levels))
+    N_entry = SMC_ENTRY * sigma2
+    extra = smc_extension(Ns, N_entry, factor=extend_factor)
+    records, zmean, zse, zvar, chi2s, extended, seconds = [], [], [], [], [], [], []
+    grid = Ns + extra
+    for i, N in enumerate(grid):
+        if i >= len(Ns):
+            if sum(seconds[len(Ns):]) + seconds[-1] * N / grid[i - 1] > budget_s:
+                break
+            extended.append(N)
+        t0 = time.perf_counter()
         samples, info = simulate.simulate_smc(jax.random.key(seed * 977 + i), mdp, N, num_runs)
         Z = np.exp(np.asarray(info.log_Z))
         counts = np.asarray(simulate.sequence_counts(samples, K**H))
@@ -478,6 +521,8 @@ def e7_smc(mdp: BlockMDP, *, Ns=None, num_runs: int = 100_000, seed: int = 0, ch
             specs_chi2_to_pi_star=specs_chi2, chi2_noise_floor=noise, Z_mean=zmean[-1], Z_se=zse[-1], Z_var=zvar[-1],
             mean_ess_fraction=float(np.asarray(info.ess).mean() / N), num_runs=num_runs,
         ))
+        seconds.append(time.perf_counter() - t0)
+    Ns = Ns + extended
     # N = 1 gives pi_d,seq; H = 1 gives SIR_N (THEORY.md F3)
     s1, _ = simulate.simulate_smc(jax.random.key(seed * 977 + 500), mdp, 1, check_runs)
     p_d = np.asarray(jnp.exp(sequence_logp(mdp.draft_logp)))
@@ -487,12 +532,6 @@ def e7_smc(mdp: BlockMDP, *, Ns=None, num_runs: int = 100_000, seed: int = 0, ch
     sh, _ = simulate.simulate_smc(jax.random.key(seed * 977 + 501), one, N_h1, check_runs)
     sir = np.asarray(exact.sir_law(one.draft_logp[0][0], exact.log_ratio(exact.optimal_policy(one)[0][0], one.draft_logp[0][0]), N_h1))
     gof_h1 = pooled_gof_pvalue(np.asarray(simulate.sequence_counts(sh, 6)), sir / sir.sum())
-    # Var(Zhat) = O(1/N) is asymptotic: N Var(Zhat) -> sigma2 = sum_h E_{pi*} chi2_h
-    # (perfect twist, multinomial resampling every block; THEORY.md F2), and
-    # the 1/N^2 terms are relatively O(sigma2/N). Fit over the N of that
-    # regime, N >= SMC_ENTRY * sigma2, or report that it was not reached.
-    sigma2 = float(jnp.sum(bounds.coverage(mdp).chi2_levels))
-    N_entry = SMC_ENTRY * sigma2
     big = [i for i, N in enumerate(Ns) if N >= N_entry]
     var_slope = loglog_slope(np.array(Ns)[big], np.array(zvar)[big]) if len(big) >= 2 else None
     mid = [i for i, N in enumerate(Ns) if 8 <= N <= 128]
@@ -501,7 +540,8 @@ def e7_smc(mdp: BlockMDP, *, Ns=None, num_runs: int = 100_000, seed: int = 0, ch
     return records, dict(Ns=Ns, Z_mean=zmean, Z_se=zse, Z_within_4se=all(z_ok), var_slope=var_slope,
                          Z_var=zvar, sigma2=sigma2, N_entry=N_entry, var_slope_Ns=[Ns[i] for i in big],
                          chi2=chi2s, chi2_slope=chi2_slope, gof_N1=gof_n1, gof_H1=gof_h1,
-                         chi2_decreasing=bool(all(b < a for a, b in zip(chi2s, chi2s[1:]))))
+                         chi2_decreasing=bool(all(b < a for a, b in zip(chi2s, chi2s[1:]))),
+                         extended_Ns=extended, skipped_Ns=extra[len(extended):], seconds=seconds)
 
 
 # --------------------------------------------------------------------------
@@ -586,7 +626,8 @@ def _debiased_divergences(mdp, counts, star):
 
 
 def multibeam(mdp: BlockMDP, *, ks=(2, 4), ns=(4, 8, 16, 32, 64, 128), budgets=(16, 64), budget_ks=(1, 2, 4, 8, 16),
-              num_runs: int = 200_000, seed: int = 0, beam: bool = True):
+              num_runs: int = 200_000, seed: int = 0, beam: bool = True, k1_monte_carlo: bool = True,
+              limit_ks=()):
     """Multi-beam SPECS (k beams, n candidates per block in total, n // k per
     beam; `simulate.simulate_specs`) against k = 1 (exact) and beam search.
 
@@ -598,7 +639,17 @@ def multibeam(mdp: BlockMDP, *, ks=(2, 4), ns=(4, 8, 16, 32, 64, 128), budgets=(
     debiased plug-in estimates (`_debiased_divergences`).  Sweeps: n at fixed
     k (``ks`` x ``ns``), and k at a fixed total of ``budgets`` candidates per
     block (``budget_ks``).  Beam search (target generator, k beams, Monte
-    Carlo unless ``beam`` is False; k = 1 exact) is the baseline.
+    Carlo unless ``beam`` is False; k = 1 exact) is the baseline.  At k = 1
+    SPECS is also simulated (``k1_monte_carlo``: a check of the Monte Carlo
+    against Theorem A's law, records ``specs_best`` with k = 1).  For each k
+    in ``limit_ks`` the exact n -> inf law (`multibeam_limit`, cheap for
+    k = 2 only) is recorded with n = None: methods ``specs_uniform_limit``
+    (= pi*) and ``specs_best_limit``.  At n = k (one draft per beam, all
+    kept) SPECS is not simulated: its laws are exact (pi_d,seq and
+    best-of-k of pi_d,seq; records with ``exact=True``).
+
+    Cost: one compiled sampler per simulated (k, n), and num_runs x n
+    candidates per block for each.
     """
     star = sequence_logp(exact.optimal_policy(mdp))
     S = mdp.K**mdp.H
@@ -613,30 +664,42 @@ def multibeam(mdp: BlockMDP, *, ks=(2, 4), ns=(4, 8, 16, 32, 64, 128), budgets=(
         uniform = np.asarray(simulate.sequence_counts(info.beams, S))
         return best, uniform
 
+    def exact_record(method, n, k, law, **extra):  # law: (K^H,) log-probabilities
+        return _record("multibeam", method, n, k=k, **_law_metrics(mdp, law, star), chi2_to_pi_star=metrics.chi2(law, star),
+                       mean_reward=float(jnp.sum(jnp.exp(law) * mdp.reward)), **extra)
+
+    # One draft per beam (n = k) and full support: all k candidates are kept, the
+    # beams are k independent pi_d chains (uniform beam: pi_d,seq; best-reward
+    # beam: best-of-k of pi_d,seq, ties uniform), so no Monte Carlo is needed.
+    no_selection = simulate.all_finite(mdp.target_logp) and simulate.all_finite(mdp.draft_logp)
     configs = sorted({(k, n) for k in (1,) + tuple(ks) for n in ns if n >= k}
                      | {(k, b) for b in budgets for k in budget_ks if b >= k})
     for i, (k, n) in enumerate(configs):
         key = jax.random.key(seed * 7127 + i)
         if k == 1:
-            law = sequence_logp(exact.specs_policy(mdp, n).logp)
-            m = _law_metrics(mdp, law, star)
-            records.append(_record("multibeam", "specs_k1_exact", n, k=k, **m, chi2_to_pi_star=metrics.chi2(law, star),
-                                   mean_reward=float(jnp.sum(jnp.exp(law) * mdp.reward))))
-            beam_law = sequence_logp(exact.beam_policy(mdp, n, generator="target"))
-            records.append(_record("multibeam", "beam_exact", n, k=k, **_law_metrics(mdp, beam_law, star),
-                                   mean_reward=float(jnp.sum(jnp.exp(beam_law) * mdp.reward))))
-        for method in ("specs",) + (("beam",) if k > 1 and beam else ()):
+            records.append(exact_record("specs_k1_exact", n, k, sequence_logp(exact.specs_policy(mdp, n).logp)))
+            records.append(exact_record("beam_exact", n, k, sequence_logp(exact.beam_policy(mdp, n, generator="target"))))
+        methods = (("specs",) if k > 1 or k1_monte_carlo else ()) + (("beam",) if k > 1 and beam else ())
+        if k > 1 and n // k == 1 and no_selection:
+            methods = methods[1:]
+            records.append(exact_record("specs_best", n, k, exact.best_of_n_policy(mdp, k, generator="draft"), exact=True))
+            records.append(exact_record("specs_uniform", n, k, sequence_logp(mdp.draft_logp), exact=True))
+        for method in methods:
             best, uniform = mc(method, k, n, key)
             for agg, counts in (("best", best), ("uniform", uniform)):
                 if k == 1 and agg == "uniform":
                     continue
                 records.append(_record("multibeam", f"{method}_{agg}", n, k=k, num_runs=num_runs,
                                        **_debiased_divergences(mdp, counts, star)))
+    for k in limit_ks:
+        for agg, law in zip(("uniform", "best"), multibeam_limit(mdp, k)):
+            records.append(exact_record(f"specs_{agg}_limit", None, k, _log(law)))
     return records, _multibeam_facts(records, ks, budgets)
 
 
 def _multibeam_facts(records, ks, budgets):
-    """Fitted log-log slopes of the KL vs n (n >= 16) for each k and law."""
+    """Fitted log-log slopes of the KL vs n (n >= 16) for each k and law,
+    the laws at each total budget, and the exact n -> inf limits."""
     out = dict(slopes=[], budgets=[])
     for k in ks:
         for method in ("specs_best", "specs_uniform"):
@@ -657,6 +720,8 @@ def _multibeam_facts(records, ks, budgets):
             if r["n"] == b and r["method"] in ("specs_k1_exact", "specs_best", "specs_uniform", "beam_best", "beam_exact"):
                 row[f"{r['method']}/k={r['k']}"] = dict(kl_forward=r["kl_forward"], objective_gap=r["objective_gap"])
         out["budgets"].append(dict(total=b, laws=row))
+    out["limits"] = [dict(k=r["k"], method=r["method"], kl_forward=r["kl_forward"], objective_gap=r["objective_gap"],
+                          mean_reward=r["mean_reward"]) for r in records if r["method"].endswith("_limit")]
     return out
 
 

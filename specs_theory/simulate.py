@@ -49,6 +49,7 @@ __all__ = [
     "simulate_best_of_n",
     "simulate_smc",
     "sequence_counts",
+    "all_finite",
     "SpecsInfo",
     "BeamSearchInfo",
     "BestOfNInfo",
@@ -182,7 +183,7 @@ def _block_inputs(key, K, H, num_keys):
     return (keys[:H], offsets), keys[H, 0]
 
 
-def _all_finite(arrays) -> bool:
+def all_finite(arrays) -> bool:
     """True when every entry is known (concretely) to be finite. Without a
     threshold a SPECS block can only defer when some pi_t(y|s) = 0 (no A1)."""
     try:
@@ -452,7 +453,7 @@ def simulate_specs(
         num_runs=num_runs,
         batch_size=_batch_size(batch_size, num_runs, 2 * n),
         use_threshold=use_threshold,
-        can_defer=use_threshold or not _all_finite(mdp.target_logp),
+        can_defer=use_threshold or not all_finite(mdp.target_logp),
         target_mode=target_mode,
         score=score,
         replace=bool(replace),
