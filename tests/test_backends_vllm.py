@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from needs import need_vllm
+from needs import need_vllm, run_vllm_child
 
 pytestmark = pytest.mark.vllm
 
@@ -41,22 +38,7 @@ CHILD = os.environ.get("SPECS_VLLM_CHILD") == "1"
 if not CHILD:
 
     def test_vllm_backends(tiny_model_dir, tiny_models):
-        env = dict(
-            os.environ,
-            SPECS_VLLM_CHILD="1",
-            SPECS_TINY_MODELS_DIR=tiny_model_dir,
-            VLLM_ENABLE_V1_MULTIPROCESSING="0",
-            OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-            VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-            HF_HUB_OFFLINE="1",
-        )
-        cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
-        proc = subprocess.run(
-            cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=900
-        )
-        summary = proc.stdout[-6000:]
-        print(summary)
-        assert proc.returncode == 0, f"child pytest failed ({proc.returncode}):\n{summary}\n{proc.stderr[-4000:]}"
+        run_vllm_child(__file__, "-p", "no:randomly", SPECS_TINY_MODELS_DIR=tiny_model_dir)
 
 else:
     import torch

@@ -13,15 +13,12 @@ tests/test_backends_vllm.py); the servers run the ``specs`` endpoint plugin
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from needs import need_vllm
+from needs import need_vllm, run_vllm_child
 from prefix_cases import LM_PAIRS, PRM_STATES, assert_close, same_search
 from specs_llm.backends.base import BackendError
 from specs_llm.backends.prefix import CacheStats, PrefixMemo, prefix_cached_values, prefix_digests
@@ -146,15 +143,7 @@ else:
     @pytest.mark.vllm
     def test_vllm_in_a_child():
         need_vllm("in-process vLLM")
-        env = dict(os.environ, SPECS_VLLM_CHILD="1", VLLM_ENABLE_V1_MULTIPROCESSING="0",
-                   OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                   VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), HF_HUB_OFFLINE="1")
-        cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "vllm_"]
-        proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True,
-                              text=True, timeout=900)
-        print(proc.stdout[-4000:])
-        assert proc.returncode == 0, f"child pytest failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
-        assert "2 passed" in proc.stdout
+        assert "2 passed" in run_vllm_child(__file__, "-k", "vllm_")
 
     # ----------------------------------------------------------------------- servers
 

@@ -10,14 +10,11 @@ OpenAI-compatible vLLM servers of the draft and the target.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import boundaries as B
-from needs import need_vllm
+from needs import need_vllm, run_vllm_child
 
 CHILD = os.environ.get("SPECS_VLLM_CHILD") == "1"
 
@@ -57,14 +54,7 @@ if not CHILD:
     @pytest.mark.vllm
     def test_vllm_boundaries():
         need_vllm("in-process vLLM")
-        env = dict(os.environ, SPECS_VLLM_CHILD="1", VLLM_ENABLE_V1_MULTIPROCESSING="0",
-                   OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                   VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), HF_HUB_OFFLINE="1")
-        cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
-        proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True,
-                              text=True, timeout=900)
-        print(proc.stdout[-4000:])
-        assert proc.returncode == 0, f"child pytest failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        run_vllm_child(__file__, "-p", "no:randomly")
 
     @pytest.fixture(scope="module")
     def served(testbed, tmp_path_factory):

@@ -166,10 +166,11 @@ def prompt_logprob_answer(seq: Sequence[int], prompt_logprobs, cached: int) -> t
     return cached, cached + 1, values
 
 
-def head_rows_answer(seq: Sequence[int], rows: list, cached: int) -> tuple[int, int, list]:
+def head_rows_answer(seq: Sequence[int], data, cached: int) -> tuple[int, int, list]:
     """The `Run` triple of a vLLM ``token_classify`` request that read
-    ``cached`` tokens from the cache: it returns the rows of tokens
-    ``cached, cached + 1, ...`` (one list of head outputs each)."""
+    ``cached`` tokens from the cache: its output ``data`` (a tensor, (T,) or
+    (T, labels)) holds the rows of tokens ``cached, cached + 1, ...``."""
+    rows = (data[:, None] if data.ndim == 1 else data).double().cpu().tolist()
     if len(rows) != len(seq) - cached:
         raise BackendError(f"vLLM returned {len(rows)} token outputs for {len(seq)} tokens ({cached} cached)")
     return cached, cached, rows

@@ -288,12 +288,8 @@ class VLLMRewardModel(PRMInputMixin):
         with _ENGINE_LOCK:
             outputs = self.llm.encode([{"prompt_token_ids": s} for s in seqs], params, pooling_task="token_classify",
                                       use_tqdm=False)
-        answers = []
-        for s, out in zip(seqs, outputs):
-            data = out.outputs.data
-            rows = (data[:, None] if data.ndim == 1 else data).double().cpu().tolist()
-            try:
-                answers.append(head_rows_answer(s, rows, int(out.num_cached_tokens or 0) if read_cache else 0))
-            except BackendError as err:
-                raise BackendError(f"{self.name}: {err}") from None
-        return answers
+        try:
+            return [head_rows_answer(s, out.outputs.data, int(out.num_cached_tokens or 0) if read_cache else 0)
+                    for s, out in zip(seqs, outputs)]
+        except BackendError as err:
+            raise BackendError(f"{self.name}: {err}") from None

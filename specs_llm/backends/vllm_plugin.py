@@ -123,12 +123,9 @@ class SpecsEndpoints:
                 f"specs-classify-{tag}-{i}"))
             for i, s in enumerate(seqs)
         ))
-        data = []
-        for s, out in zip(seqs, outs):
-            rows = out.outputs.data
-            rows = (rows[:, None] if rows.ndim == 1 else rows).double().cpu().tolist()
-            try:
-                data.append(head_rows_answer(s, rows, int(out.num_cached_tokens or 0) if read_cache else 0))
-            except BackendError as err:
-                return _error(str(err), 500)
+        try:
+            data = [head_rows_answer(s, out.outputs.data, int(out.num_cached_tokens or 0) if read_cache else 0)
+                    for s, out in zip(seqs, outs)]
+        except BackendError as err:
+            return _error(str(err), 500)
         return _json({"data": [{"cached": c, "offset": o, "rows": r} for c, o, r in data]})
