@@ -45,7 +45,9 @@ class SearchConfig:
     target_mode: after a deferral, keep target candidates "greedy"-ly by
       reward or by "soft" sampling with weights exp(reward_weight * r / T).
     switch_back_threshold: after a target step, return to draft mode only if
-      the best target reward is above it (None: always return).
+      the best target reward is above it (None: always return). SPECS only:
+      RSD returns to the draft after every target step, so for "rsd" it is
+      set to None.
     first_step: "target" (authors' code) or "draft".
     generator: proposing model for "beam", "bon" and "smc".
     resampling, ess_threshold: the SMC resampling scheme and when it runs
@@ -120,6 +122,8 @@ class SearchConfig:
         finite("reward_weight")
         finite("threshold", optional=True)
         finite("switch_back_threshold", optional=True)
+        if self.strategy == "rsd":  # one target step per rejected draft, never a target mode
+            object.__setattr__(self, "switch_back_threshold", None)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if not isinstance(self.step_delimiter, str) or not self.step_delimiter:

@@ -35,6 +35,8 @@ the key and the file)::
         sweep: {threshold: [5, 7, 9], n: [4, 8]}   # cartesian product of the lists
     seeds: [0, 1, 2]                  # default [0]; SearchConfig.seed is set from these
     batch_size: 8                     # problems in flight per run_search call (default 8)
+    cohorts: 1                        # they advance in this many pipelined cohorts (default 1: lockstep;
+                                      #   2 overlaps one model's calls with another's, same results)
     output:
       dir: runs/tiny-compare          # default runs/<name> (relative to the working directory)
       summary_every: 1                # rewrite summary.json after this many batches
@@ -201,6 +203,7 @@ class Recipe:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 8
+    cohorts: int = 1
     output: OutputSpec = OutputSpec()
     limit: int | None = None
     source: str = "<string>"  # the file it was read from
@@ -322,7 +325,7 @@ def parse_recipe(data, *, source: str = "<string>", text: str = "", default_name
     top = ctx.mapping(
         data, "recipe",
         {"name", "description", "datasets", "limit", "backend", "defaults", "methods", "seeds",
-         "batch_size", "output"},
+         "batch_size", "cohorts", "output"},
         {"datasets", "backend", "methods"},
     )
     name = ctx.string(top.get("name", default_name), "name")
@@ -346,10 +349,11 @@ def parse_recipe(data, *, source: str = "<string>", text: str = "", default_name
     if len(set(seeds)) != len(seeds):
         raise ctx.fail("seeds", f"duplicate seeds in {seeds}")
     batch_size = ctx.positive_int(top.get("batch_size", 8), "batch_size")
+    cohorts = ctx.positive_int(top.get("cohorts", 1), "cohorts")
     output = _output(ctx, top.get("output") or {})
     recipe = Recipe(
         name=name, datasets=datasets, backend=backend, methods=methods, description=description,
-        defaults=dict(defaults), seeds=tuple(seeds), batch_size=batch_size, output=output, limit=limit,
+        defaults=dict(defaults), seeds=tuple(seeds), batch_size=batch_size, cohorts=cohorts, output=output, limit=limit,
         source=source, text=text,
     )
     _check_settings(ctx, recipe)

@@ -566,7 +566,8 @@ def run_recipe(
                     ledger = _ledger(recipe)
                     t0 = time.perf_counter()
                     try:
-                        outcome = run_search([p.problem for p in batch], models, config, ledger=ledger)
+                        outcome = run_search([p.problem for p in batch], models, config, ledger=ledger,
+                                             cohorts=recipe.cohorts)
                     except Exception as exc:  # noqa: BLE001 - recorded per problem, never graded wrong
                         from .search import SearchResult
 

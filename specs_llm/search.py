@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple, Sequence
 
@@ -39,6 +41,7 @@ import numpy as np
 from specs_theory import select as S
 
 from .backends.base import LanguageModel, RewardModel, State, Step
+from .backends.common import derive_seed
 from .config import SearchConfig
 from .timing import Ledger
 
@@ -314,9 +317,17 @@ class _Problem:
 
 
 class _Search:
+    """The step functions, shared by every cohort of a run (`run_search`).
+
+    ``turns``: with several cohorts, one lock per model, so that a model
+    serves one cohort's call at a time and the cohorts fall into a pipeline
+    (one generates while another is scored); None with a single cohort.
+    """
+
     def __init__(self, models: Models, config: SearchConfig, ledger: Ledger, pool: ThreadPoolExecutor,
-                 max_steps: int):
+                 max_steps: int, *, turns: bool = False):
         self.m, self.c, self.ledger, self.pool, self.max_steps = models, config, ledger, pool, max_steps
+        self.turns = {id(m): threading.Lock() for m in models if m is not None} if turns else None
         self.strategy = strategy_for(config)
         c = config
         # Target candidates (after a deferral, or in target mode) are kept by
@@ -334,6 +345,18 @@ class _Search:
         if model is None:
             raise ValueError(f"strategy {self.c.strategy!r} needs a {role} model")
         return model
+
+    @contextmanager
+    def turn(self, model, call):
+        """The model's turn for ``call``; the wait is part of the call's
+        seconds (the cohort waited) and is also kept as ``call.queued``."""
+        if self.turns is None:
+            yield
+            return
+        t0 = time.perf_counter()
+        with self.turns[id(model)]:
+            call.queued += time.perf_counter() - t0
+            yield
 
     def keys(self, call, probs: list[_Problem], step: int, salt: int) -> jax.Array:
         """One key per problem (padded to the bucket), independent of batching."""
@@ -353,12 +376,14 @@ class _Search:
                 states.append(beam.state)
                 owners.append((p, b))
         phase = f"{role}_generation"
-        seed = (c.seed * 1_000_003 + step * 97 + salt) % (2**31)
+        # a state's seed says where it is in the search, not where in the call
+        seeds = [derive_seed(c.seed, p.index, b, step, salt) for p, b in owners]
         stop = strategy.stop if role == strategy.proposer else (c.step_delimiter,)
-        with self.ledger.record(role, phase, step, [p.index for p in probs]) as call:
-            out = self.model(role).generate(
+        model = self.model(role)
+        with self.ledger.record(role, phase, step, [p.index for p in probs]) as call, self.turn(model, call):
+            out = model.generate(
                 states, per_beam, stop=stop, max_tokens=c.max_step_tokens,
-                temperature=c.sampling_temperature, seed=seed,
+                temperature=c.sampling_temperature, seed=seeds,
             )
             for (p, _), steps in zip(owners, out):
                 call.tokens[p.index] += sum(s.num_generated for s in steps)
@@ -375,8 +400,10 @@ class _Search:
         items = [(p, x) for p in probs for x in cands[p.index]]
         if not items:
             return
-        with self.ledger.record("target", "target_scoring", step, [p.index for p in probs], group=group) as call:
-            out = self.model("target").score([p.beams[x.beam].state for p, x in items],
+        target = self.model("target")
+        with (self.ledger.record("target", "target_scoring", step, [p.index for p in probs], group=group) as call,
+              self.turn(target, call)):
+            out = target.score([p.beams[x.beam].state for p, x in items],
                                              [x.step.scored_text for _, x in items])
             for (p, x), lps in zip(items, out):
                 x.logp_target = float(np.sum(lps)) if len(lps) else 0.0
@@ -386,7 +413,8 @@ class _Search:
         items = [(p, x) for p in probs for x in cands[p.index]]
         if not items:
             return
-        with self.ledger.record("prm", "prm_scoring", step, [p.index for p in probs], group=group) as call:
+        with (self.ledger.record("prm", "prm_scoring", step, [p.index for p in probs], group=group) as call,
+              self.turn(self.m.prm, call)):
             out = self.m.prm.rewards([x.state for _, x in items])
             for (p, x), rs in zip(items, out):
                 x.step_rewards = tuple(float(r) for r in rs)
@@ -560,13 +588,26 @@ def run_search(
     *,
     ledger: Ledger | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    cohorts: int = 1,
 ) -> list[SearchResult]:
     """Run ``config.strategy`` on every question, all problems batched together.
 
     Returns one `SearchResult` per question, in order. A failed model call
-    ends every problem still active in that step with ``error`` set (never a
-    silent wrong answer; a resumable runner retries them); ``ledger``
-    (optional) receives every timed call.
+    ends every problem still active in that call's step with ``error`` set
+    (never a silent wrong answer; a resumable runner retries them);
+    ``ledger`` (optional) receives every timed call; ``on_step(step,
+    active)`` is called after each step with the number of problems still
+    active.
+
+    ``cohorts``: the problems are split into this many groups (contiguous,
+    in order), each advancing through its own step loop in its own thread.
+    A model serves one cohort at a time, so the cohorts fall into a
+    pipeline: while one cohort's candidates are scored by the PRM, the next
+    cohort's are generated. Decisions and samples depend only on a
+    problem's own history (seeds and keys are derived from the problem, the
+    beam, the step and the phase), so the results are those of one cohort;
+    only the timing changes. A problem's latency then includes its waits for
+    a model's turn (`timing.Call.queued`).
     """
     from .aggregate import choose_answer
 
@@ -575,6 +616,8 @@ def run_search(
     for i, q in enumerate(questions):
         if not isinstance(q, str) or not q.strip():
             raise ValueError(f"question {i} is empty or not a string: {q!r}")
+    if isinstance(cohorts, bool) or not isinstance(cohorts, int) or cohorts < 1:
+        raise ValueError(f"cohorts must be an integer >= 1, got {cohorts!r}")
     for role in sorted(config.roles):
         if getattr(models, role) is None:
             raise ValueError(f"strategy {config.strategy!r} (generator {config.generator!r}) needs a {role} model")
@@ -586,10 +629,12 @@ def run_search(
             p.beams = [p.beams[0]] * config.n
             p.particles = _Particles(list(p.beams), np.zeros(config.n), math.log(config.n))
     max_steps = 1 if config.strategy == "bon" else config.max_steps
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        search = _Search(models, config, ledger, pool, max_steps)
+    groups = [g.tolist() for g in np.array_split(np.arange(len(probs)), min(cohorts, max(len(probs), 1)))]
+    progress = threading.Lock()
+
+    def advance(cohort: list[_Problem]) -> None:
         for step in range(max_steps):
-            active = [p for p in probs if p.active]
+            active = [p for p in cohort if p.active]
             if not active:
                 break
             try:
@@ -598,7 +643,18 @@ def run_search(
                 for p in active:
                     p.error = f"{type(exc).__name__}: {exc}"
             if on_step is not None:
-                on_step(step, sum(p.active for p in probs))
+                with progress:
+                    on_step(step, sum(p.active for p in probs))
+
+    # two scoring threads per cohort (target and PRM scoring run concurrently)
+    with ThreadPoolExecutor(max_workers=2 * len(groups)) as pool:
+        search = _Search(models, config, ledger, pool, max_steps, turns=len(groups) > 1)
+        if len(groups) == 1:
+            advance(probs)
+        else:
+            with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="cohort") as runners:
+                for job in [runners.submit(advance, [probs[i] for i in g]) for g in groups]:
+                    job.result()
     ledger.finish()
     results = []
     for p in probs:

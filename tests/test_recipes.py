@@ -112,6 +112,7 @@ def test_unknown_nested_keys(tmp_path, where, data, pattern):
     ({"seeds": [0, 0]}, r"duplicate seeds"),
     ({"seeds": []}, r"seeds"),
     ({"batch_size": 0}, r"batch_size"),
+    ({"cohorts": 0}, r"cohorts"),
     ({"output": {"grade_timeout": -1}}, r"grade_timeout"),
     ({"datasets": [{"name": "synthetic", "limit": 3}]}, r"synthetic"),
     ({"methods": [{"name": "a", "config": {"step_delimiter": "\n"}}, {"name": "b"}]}, r"step_delimiter"),

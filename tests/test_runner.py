@@ -267,3 +267,19 @@ def test_shards_split_a_run_exactly_and_the_report_merges_them(tmp_path):
     for bad in ("3", "0/3", "4/3", "a/b"):
         with pytest.raises(ValueError, match="--shard"):
             parse_shard(bad)
+
+
+def test_cohorts_change_the_timing_not_the_records(tmp_path):
+    """`cohorts: 2` pipelines each batch; every record but its timing is that of the lockstep run."""
+    same = ("key", "status", "prediction", "correct", "score", "reward", "steps", "steps_by_source",
+            "deferrals", "step_sources", "step_deferred", "step_rewards", "finish", "text")
+    lockstep = run_recipe(mdp_recipe(tmp_path, limit=6, seeds=(0,), batch_size=4), tmp_path / "lockstep",
+                          progress=False)
+    path = mdp_recipe(tmp_path, limit=6, seeds=(0,), batch_size=4, name="cohorts.yaml")
+    data = yaml.safe_load(path.read_text())
+    data["cohorts"] = 2
+    path.write_text(yaml.safe_dump(data))
+    piped = run_recipe(path, tmp_path / "cohorts", progress=False)
+    a, b = lines(lockstep / "results.jsonl"), lines(piped / "results.jsonl")
+    assert len(a) == len(b) == 18
+    assert [{f: r.get(f) for f in same} for r in a] == [{f: r.get(f) for f in same} for r in b]

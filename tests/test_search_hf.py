@@ -53,6 +53,23 @@ def test_every_strategy_completes_and_reproduces(models, cfg):
             assert "target_scoring" in summary["by_phase"]
 
 
+@pytest.mark.parametrize("cfg", [SEARCHES[0], SEARCHES[2], SEARCHES[6]], ids=["specs", "beam", "smc"])
+def test_cohorts_reproduce_the_lockstep_loop(models, cfg):
+    """Two cohorts, each its own loop in its own thread, against one lockstep
+    loop: the same steps (tokens exactly; log-probs and scores up to the float
+    noise of a smaller batch's padding)."""
+    config = SearchConfig(max_steps=3, max_step_tokens=16, sampling_temperature=1.0, seed=4, **cfg)
+    questions = QUESTIONS + ["What is 2+3?"]
+    lockstep = run_search(questions, models, config)
+    cohorts = run_search(questions, models, config, cohorts=2)
+    for a, b in zip(lockstep, cohorts):
+        assert a.error is None and b.error is None
+        assert a.text == b.text and a.answer == b.answer
+        assert [(s.text, s.source, s.deferred, s.num_tokens) for s in a.steps] == \
+            [(s.text, s.source, s.deferred, s.num_tokens) for s in b.steps]
+        assert a.steps[-1].score == pytest.approx(b.steps[-1].score, abs=1e-4)
+
+
 def _blank_pieces_dropped(text, delimiter="\n\n"):
     """What the final text of a best-of-n response was before issue 18: its
     pieces between delimiters, blank ones dropped, joined again."""

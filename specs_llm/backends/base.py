@@ -129,14 +129,15 @@ class LanguageModel(Protocol):
         stop: Sequence[str],
         max_tokens: int,
         temperature: float,
-        seed: int,
+        seed: int | Sequence[int],
     ) -> list[list[Step]]:
         """``n`` sampled next steps for each state (a list of n Steps per state).
 
         Sampling stops at the first occurrence of any string in ``stop`` in
         the generated text only (never across the prompt boundary), at EOS, or
-        after ``max_tokens`` tokens. Seeded: the same call with the same seed
-        returns the same steps.
+        after ``max_tokens`` tokens. Seeded: ``seed`` is one int for the call
+        or one per state (`common.state_seeds`); a state's samples depend on
+        its prompt and its seed only, not on the other states of the call.
         """
         ...
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import sys
 from typing import Sequence
 
@@ -28,6 +29,7 @@ __all__ = [
     "encode",
     "check_prompt_length",
     "derive_seed",
+    "state_seeds",
     "find_stop",
     "make_step",
     "stop_string_at",
@@ -95,14 +97,34 @@ def check_sampling(n: int, max_tokens: int, temperature: float, top_p: float) ->
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
-def derive_seed(seed: int, index: int) -> int:
-    """Seed of the ``index``-th state of a call seeded with ``seed`` (in [0, 2**31)).
+def derive_seed(seed: int, *path: int) -> int:
+    """A seed in [0, 2**31) derived from ``seed`` and the integers ``path``.
 
-    Sample j of that state uses ``derive_seed(seed, index) + j`` (vLLM gives
-    the j-th of n samples of a request ``seed + j``; HF does the same).
+    ``derive_seed(seed, i)`` seeds the ``i``-th state of a call seeded with
+    ``seed``; the search loop seeds each state by where it is in the search
+    (``derive_seed(seed, problem, beam, step, salt)``), so its samples do not
+    depend on which other states share the call. Sample j of a state seeded
+    ``s`` uses ``s + j`` (vLLM gives the j-th of n samples of a request
+    ``seed + j``; HF does the same).
     """
-    digest = hashlib.sha256(f"{int(seed)}/{int(index)}".encode()).digest()
+    digest = hashlib.sha256("/".join(str(int(x)) for x in (seed, *path)).encode()).digest()
     return int.from_bytes(digest[:4], "little") >> 2  # leaves room for + j
+
+
+def state_seeds(seed: int | Sequence[int], count: int) -> list[int]:
+    """The seed of each of a call's ``count`` states.
+
+    ``seed``: one int for the call (state i gets ``derive_seed(seed, i)``), or
+    a sequence of one seed per state, used as given.
+    """
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return [derive_seed(seed, i) for i in range(count)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != count:
+        raise ValueError(f"got {len(seeds)} seeds for {count} states")
+    if any(not 0 <= s < 2**31 for s in seeds):
+        raise ValueError("per-state seeds must be in [0, 2**31)")
+    return seeds
 
 
 def find_stop(text: str, new_char_count: int, stop: Sequence[str]) -> int | None:

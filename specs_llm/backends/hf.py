@@ -10,7 +10,8 @@ so that stop strings, seeds and log-probs are explicit:
 - prompts are left-padded with explicit ``attention_mask`` and
   ``position_ids`` (``cumsum(mask) - 1``), so padding changes no logits;
 - sample j of state i draws from its own ``torch.Generator`` seeded with
-  ``derive_seed(seed, i) + j``: a result depends only on (seed, i, j);
+  ``s_i + j``, ``s_i`` the state's seed (`common.state_seeds`): a result
+  depends only on (s_i, j), not on the other rows of the batch;
 - each token is drawn from ``softmax(logits / temperature)`` (nucleus
   filtered by ``top_p``; argmax when temperature is 0), and the recorded
   log-prob is the *raw* ``log_softmax(logits)`` of the drawn token (vLLM's
@@ -45,11 +46,11 @@ from .common import (
     PRM_CONVENTIONS,
     check_prompt_length,
     check_sampling,
-    derive_seed,
     encode,
     find_stop,
     make_step,
     rewards_from_logits,
+    state_seeds,
     step_tag_id,
     stop_string_at,
 )
@@ -230,7 +231,7 @@ class HFLanguageModel(ChatPromptMixin):
         stop: Sequence[str],
         max_tokens: int,
         temperature: float,
-        seed: int,
+        seed: int | Sequence[int],
         top_p: float = 1.0,
     ) -> list[list[Step]]:
         check_sampling(n, max_tokens, temperature, top_p)
@@ -239,7 +240,8 @@ class HFLanguageModel(ChatPromptMixin):
         if not prompts:
             return []
         rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
-        gens = [torch.Generator().manual_seed(derive_seed(seed, i) + j) for i, j in rows]
+        seeds = state_seeds(seed, len(prompts))
+        gens = [torch.Generator().manual_seed(seeds[i] + j) for i, j in rows]
         caps = [min(max_tokens, self.max_length - len(prompts[i])) for i, _ in rows]
 
         # Prefill: left padding, explicit positions.

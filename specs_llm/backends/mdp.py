@@ -21,6 +21,7 @@ from specs_theory import exact
 from specs_theory.mdp import BlockMDP
 
 from .base import State, Step
+from .common import state_seeds
 
 __all__ = ["MDPLanguageModel", "MDPRewardModel", "block_text", "parse_blocks", "sequence_index"]
 
@@ -78,10 +79,12 @@ class MDPLanguageModel:
         """``n`` iid blocks per state from pi(.|prefix), tempered by ``temperature``.
 
         Returned log-probs are those of the untempered policy, as for LLMs.
+        State i draws from its own generator, seeded by its seed
+        (`common.state_seeds`), as the LLM backends do.
         """
-        rng = np.random.default_rng(seed)
         out = []
-        for state in states:
+        for state, state_seed in zip(states, state_seeds(seed, len(states))):
+            rng = np.random.default_rng(state_seed)
             depth, idx = _prefix(state, self.mdp)
             row = self._logp[depth][idx]
             if temperature == 0:

@@ -10,14 +10,14 @@ Endpoints used (checked against vLLM 0.32 on CPU):
 - ``GET /v1/models``: the served model id and ``max_model_len``.
 - ``POST /v1/completions`` for generation: one request per state with
   ``prompt`` = the state's token ids, ``n``, ``temperature``, ``top_p``,
-  ``max_tokens``, ``stop``, ``seed = derive_seed(seed, i)``, ``logprobs=1``,
+  ``max_tokens``, ``stop``, ``seed`` = the state's seed (`common.state_seeds`), ``logprobs=1``,
   ``return_token_ids`` and ``return_tokens_as_token_ids`` (exact ids), and
   every other sampling knob pinned to its neutral value (``top_k=0``,
   ``min_p=0``, ``repetition_penalty=1``, no penalties), so that the server's
   defaults from the model's ``generation_config.json`` never apply. A
   request takes one seed for all its prompts, so states go in separate
-  requests (sent concurrently); sample j of state i then has seed
-  ``derive_seed(seed, i) + j``, as in-process vLLM does.
+  requests (sent concurrently); sample j of a state seeded ``s`` then has
+  seed ``s + j``, as in-process vLLM does.
 - ``POST /v1/completions`` for scoring ("echo"): all prompt + step id lists
   of a call in one request (chunks of ``max_batch_size``), ``echo=true``,
   ``max_tokens=0``, ``logprobs=1``; the prompt's per-token log-probs come
@@ -71,10 +71,10 @@ from .common import (
     PRM_CONVENTIONS,
     check_prompt_length,
     check_sampling,
-    derive_seed,
     encode,
     make_step,
     rewards_from_logits,
+    state_seeds,
     step_tag_id,
 )
 from .prefix import SCORE_ROUTE, TOKEN_CLASSIFY_ROUTE, CacheStats, PrefixMemo, prefix_cached_values
@@ -430,20 +430,21 @@ class OpenAIServerLanguageModel(ChatPromptMixin, _RemoteModel):
         stop: Sequence[str],
         max_tokens: int,
         temperature: float,
-        seed: int,
+        seed: int | Sequence[int],
         top_p: float = 1.0,
     ) -> list[list[Step]]:
         check_sampling(n, max_tokens, temperature, top_p)
         stop = [s for s in stop if s]
         prompts = [encode(self.tokenizer, self.prompt(s)) for s in states]
         limit = self.max_length if prompts else None
+        seeds = state_seeds(seed, len(prompts))
         jobs = []
         for i, ids in enumerate(prompts):
             cap = max_tokens
             if limit is not None:
                 check_prompt_length(self.name, len(ids), limit)
                 cap = min(max_tokens, limit - len(ids))
-            jobs.append((ids, cap, derive_seed(seed, i)))
+            jobs.append((ids, cap, seeds[i]))
 
         def one(job) -> list[dict]:
             ids, cap, state_seed = job

@@ -12,8 +12,8 @@ Behaviour is the HF backend's (`specs_llm.backends.hf`), through `common`:
 
 - prompts are tokenised here (``add_special_tokens=False``) and passed as
   token ids, so vLLM and HF see the same tokens;
-- state i of a call seeded ``seed`` gets ``SamplingParams.seed =
-  derive_seed(seed, i)``; vLLM gives its j-th sample ``seed + j``;
+- state i gets ``SamplingParams.seed`` = its seed (`common.state_seeds`);
+  vLLM gives its j-th sample ``seed + j``;
 - log-probs are vLLM's default raw log-probs (``logprobs=0``: the drawn
   token's log-prob under the model, before temperature/top-p);
 - finish reasons: ``finish_reason="length"`` -> "length"; ``"stop"`` with a
@@ -67,10 +67,10 @@ from .common import (
     PRM_CONVENTIONS,
     check_prompt_length,
     check_sampling,
-    derive_seed,
     encode,
     make_step,
     rewards_from_logits,
+    state_seeds,
     step_tag_id,
 )
 from .prefix import CacheStats, PrefixMemo, head_rows_answer, prefix_cached_values, prompt_logprob_answer
@@ -145,7 +145,7 @@ class VLLMLanguageModel(ChatPromptMixin):
         stop: Sequence[str],
         max_tokens: int,
         temperature: float,
-        seed: int,
+        seed: int | Sequence[int],
         top_p: float = 1.0,
     ) -> list[list[Step]]:
         check_sampling(n, max_tokens, temperature, top_p)
@@ -153,13 +153,14 @@ class VLLMLanguageModel(ChatPromptMixin):
         prompts = [{"prompt_token_ids": self.prompt_ids(s)} for s in states]
         if not prompts:
             return []
+        seeds = state_seeds(seed, len(prompts))
         params = [
             vllm.SamplingParams(
                 n=n,
                 temperature=temperature,
                 top_p=top_p,
                 max_tokens=min(max_tokens, self.max_length - len(prompt["prompt_token_ids"])),
-                seed=derive_seed(seed, i),
+                seed=seeds[i],
                 stop=stop or None,
                 logprobs=0,
             )
