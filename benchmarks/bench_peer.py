@@ -11,7 +11,10 @@ and at most 8 steps, on the same held-out problems:
     its_hub ParticleFiltering(budget=4)         vs  specs smc (n=4, resampled every step)
 
 with 1 and 16 problems in flight (specs: that many questions per
-`run_search` call; its_hub: that many concurrent `ainfer` coroutines).
+`run_search` call, advancing in ``--cohorts`` pipelined cohorts; its_hub:
+that many concurrent `ainfer` coroutines). With more than one problem in
+flight specs also runs its lockstep loop (one cohort) in the same rounds,
+the before/after of pipelining on the same servers.
 Every HTTP request of both libraries goes through a small counting reverse
 proxy (one port per server, run in a child process), which records the path
 and the sampling fields of each request body (n, seed, logprobs, stop,
@@ -90,7 +93,7 @@ def _describe_exchange(route: str, method: str, path: str, body: bytes, status: 
         req = {}
     if isinstance(req, dict):
         rec["fields"] = {k: req[k] for k in _SAMPLING_FIELDS if k in req}
-        prompt = req.get("prompt", req.get("input"))
+        prompt = next((req[k] for k in ("prompt", "input", "inputs", "prompts") if k in req), None)  # plural: the specs plugin
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
             rec["inputs"] = len(prompt)  # a batch of token-id lists
         elif prompt is not None:
@@ -118,14 +121,16 @@ async def _serve_proxy(routes: list[tuple[str, int, str]]) -> None:
     import aiohttp
     from aiohttp import web
 
-    records: list[dict] = []
+    records: list[tuple] = []  # the `_describe_exchange` arguments of each exchange
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
                                     connector=aiohttp.TCPConnector(limit=0))
 
     def handler(route: str, upstream: str):
         async def handle(request: web.Request) -> web.Response:
             if request.path == "/_peer/records":
-                out = list(records)
+                # described only now, after the run: parsing bodies while it runs would take CPU from the
+                # servers, most for the library with the larger answers (specs asks for token ids and log-probs)
+                out = [_describe_exchange(*x) for x in records]
                 if request.query.get("reset"):
                     records.clear()
                 return web.json_response(out)
@@ -137,8 +142,8 @@ async def _serve_proxy(routes: list[tuple[str, int, str]]) -> None:
                 answer, status = await up.read(), up.status
                 ctype = up.headers.get("Content-Type", "application/json")
             if request.path != "/health":
-                records.append(_describe_exchange(route, request.method, request.path, body, status, answer,
-                                                  start, time.perf_counter() - t0))
+                records.append((route, request.method, request.path, body, status, answer, start,
+                                time.perf_counter() - t0))
             return web.Response(body=answer, status=status, headers={"Content-Type": ctype})
 
         return handle
@@ -192,8 +197,8 @@ class Proxy:
 
 def summarize_requests(records: list[dict], problems: int) -> dict:
     """Requests per problem (all, generation, PRM) and what the bodies carried."""
-    gen = [r for r in records if r["path"] in ("/v1/completions", "/v1/chat/completions")]
-    prm = [r for r in records if r["path"] == "/pooling"]
+    gen = [r for r in records if r["route"] == "target" and r["path"] in ("/v1/completions", "/v1/chat/completions")]
+    prm = [r for r in records if r["route"] == "prm"]  # /pooling, or the specs plugin's /specs/v1/token_classify
 
     def has(field):
         return sum(field in r.get("fields", {}) for r in gen)
@@ -383,14 +388,14 @@ def specs_config(method: str, smc_reward_weight: float):
     raise ValueError(method)
 
 
-def run_specs(models, config, questions: list[str], in_flight: int) -> tuple[list[dict], float]:
+def run_specs(models, config, questions: list[str], in_flight: int, cohorts: int = 1) -> tuple[list[dict], float]:
     from specs_llm.search import run_search
 
     out, t_all = [], time.perf_counter()
     for i in range(0, len(questions), in_flight):
         batch = questions[i : i + in_flight]
         t0 = time.perf_counter()
-        results = run_search(batch, models, config.replace(seed=config.seed + i))
+        results = run_search(batch, models, config.replace(seed=config.seed + i), cohorts=cohorts)
         seconds = time.perf_counter() - t0
         for r in results:
             out.append({"text": r.text or "", "seconds": seconds, "error": r.error,
@@ -559,6 +564,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smc-reward-weight", type=float, default=None,
                     help="specs smc: log-weight = w * reward; default: the least-squares slope of logit(r) on r "
                          "over the rewards its_hub's ParticleFiltering saw in this run")
+    ap.add_argument("--cohorts", type=int, default=2,
+                    help="specs: pipelined cohorts per run_search call (1: the lockstep loop only)")
     ap.add_argument("--out", default="benchmarks/results/peer.json")
     ap.add_argument("--write", action="store_true", help="replace this benchmark's section of RESULTS.md")
     ap.add_argument("--from-json", help="only render the section from a JSON written by an earlier run")
@@ -636,11 +643,15 @@ def main(argv=None) -> int:
                     print(f"{method}, {k} in flight ({len(problems)} problems, {args.repeats} alternating rounds)",
                           flush=True)
                     runs = results["runs"].setdefault(method, {}).setdefault(str(k), {})
-                    reps = {"its_hub": [], "specs": []}
+                    # specs with cohorts, and (with several in flight) its lockstep loop beside it
+                    variants = {"specs": min(args.cohorts, k)}
+                    if variants["specs"] > 1:
+                        variants["specs_lockstep"] = 1
+                    reps = {"its_hub": [], **{lib: [] for lib in variants}}
                     adapter_stats["rewards"].clear()
                     config = None
                     for rep in range(args.repeats):
-                        for lib in (("its_hub", "specs") if rep % 2 == 0 else ("specs", "its_hub")):
+                        for lib in (list(reps) if rep % 2 == 0 else list(reps)[::-1]):
                             if lib == "its_hub":
                                 if rep == 0 and warm:
                                     run_its_hub(hub_alg, hub_lm, [p.problem for p in warm], k)
@@ -658,11 +669,17 @@ def main(argv=None) -> int:
                                 config = specs_config(method, w)
                                 runs["specs_config"] = {f: getattr(config, f) for f in config.__dataclass_fields__}
                                 if warm:
-                                    run_specs(models, config.replace(seed=10_000), [p.problem for p in warm], k)
-                            seeded = config.replace(seed=config.seed + 1000 * rep)
-                            reps[lib].append(measure(f"specs {specs_name}",
-                                                     lambda: run_specs(models, seeded, questions, k),
+                                    run_specs(models, config.replace(seed=10_000), [p.problem for p in warm], k,
+                                              variants["specs"])
+                            seeded, cohorts = config.replace(seed=config.seed + 1000 * rep), variants[lib]
+                            reps[lib].append(measure(f"specs {specs_name}, {cohorts} cohort{'s' * (cohorts > 1)}",
+                                                     lambda: run_specs(models, seeded, questions, k, cohorts),
                                                      proxy, grader, problems))
+                            reps[lib][-1]["cohorts"] = cohorts
+                    if "specs_lockstep" in reps:  # same seeds: the same answers, pipelined or not
+                        pairs = [(a["answer"], b["answer"]) for x, y in zip(reps["specs"], reps["specs_lockstep"])
+                                 for a, b in zip(x["per_problem"], y["per_problem"])]
+                        runs["lockstep_same_answers"] = sum(a == b for a, b in pairs) / len(pairs)
                     for lib, rows in reps.items():
                         runs[lib] = combine(rows)
         results["adapter"] = {k: v for k, v in adapter_stats.items() if k != "rewards"}
@@ -716,7 +733,7 @@ def meta_info(args, its_hub) -> dict:
             "settings": {"budget": BUDGET, "max_steps": MAX_STEPS, "max_step_tokens": STEP_TOKENS,
                          "bon_max_tokens": BON_TOKENS, "temperature": TEMPERATURE, "delimiter": DELIMITER,
                          "problems": args.problems, "in_flight": args.in_flight, "warmup": args.warmup,
-                         "repeats": args.repeats}}
+                         "repeats": args.repeats, "cohorts": args.cohorts}}
 
 
 # ---------------------------------------------------------------------------
@@ -727,6 +744,16 @@ def _median_pps(x: dict) -> float:
     import statistics
 
     return statistics.median(r["problems_per_second"] for r in x.get("rounds", [x]))
+
+
+def _server_seconds(x: dict) -> float:
+    """Both servers' busy seconds per problem."""
+    return x["target_busy_seconds_per_problem"] + x["prm_busy_seconds_per_problem"]
+
+
+def _busy_over_wall(x: dict) -> float:
+    """Both servers' busy time over the wall time (2: both busy all the time)."""
+    return _server_seconds(x) * x["problems_per_second"]
 
 
 def _ratio(a, b) -> str:
@@ -747,15 +774,22 @@ def render(doc: dict) -> str:
              f"max_steps {s['max_steps']}; the first {s['problems']} held-out problems, after a warm-up run on "
              f"{s['warmup']} others; {s.get('repeats', 1)} alternating rounds per pair, timings of each library's "
              f"fastest round, accuracy and requests averaged over the rounds. Latency: mean wall seconds from a problem's start to its end; problems/s: "
-             f"problems over the run's wall time. Ratios: specs / its_hub.", "",
+             f"problems over the run's wall time. Ratios: specs / its_hub. "
+             + (f"specs runs {s['cohorts']} pipelined cohorts per `run_search` call when more than one problem is in "
+                f"flight; its lockstep loop (one cohort) ran in the same rounds (\"lockstep\" columns). "
+                if s.get("cohorts", 1) > 1 else "specs runs its lockstep loop (one cohort). ")
+             + "Busy / wall: both "
+             f"servers' busy time (the union of each server's request intervals, summed over the two servers) over "
+             f"the run's wall time; 2 is both servers busy all the time.", "",
              "| pair | in flight | its_hub req/problem | specs req/problem | req ratio | its_hub s/problem | "
              "specs s/problem | latency ratio | its_hub problems/s | specs problems/s | throughput ratio | "
-             "throughput ratio, medians | its_hub accuracy | specs accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "throughput ratio, medians | lockstep problems/s | lockstep throughput ratio | "
+             "busy / wall: its_hub, specs, lockstep | its_hub accuracy | specs accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, by_k in runs.items():
         hub_name, specs_name = PAIRS[method]
         for k, r in by_k.items():
-            h, p = r["its_hub"], r["specs"]
+            h, p, lock = r["its_hub"], r["specs"], r.get("specs_lockstep")
             lines.append(
                 f"| {hub_name} vs {specs_name} | {k} | {h['requests_per_problem']:.1f} "
                 f"({h['generation_requests_per_problem']:.1f} + {h['prm_requests_per_problem']:.1f}) | "
@@ -765,8 +799,11 @@ def render(doc: dict) -> str:
                 f"{_ratio(p['latency_seconds_per_problem'], h['latency_seconds_per_problem'])} | "
                 f"{h['problems_per_second']:.2f} | {p['problems_per_second']:.2f} | "
                 f"{_ratio(p['problems_per_second'], h['problems_per_second'])} | "
-                f"{_ratio(_median_pps(p), _median_pps(h))} | {h['accuracy']:.3f} | "
-                f"{p['accuracy']:.3f} |")
+                f"{_ratio(_median_pps(p), _median_pps(h))} | "
+                + (f"{lock['problems_per_second']:.2f} | {_ratio(lock['problems_per_second'], h['problems_per_second'])}"
+                   if lock else "- | -")
+                + " | " + ", ".join(f"{_busy_over_wall(x):.2f}" if x else "-" for x in (h, p, lock))
+                + f" | {h['accuracy']:.3f} | {p['accuracy']:.3f} |")
     pairs = [(m, k, r["its_hub"], r["specs"]) for m, by_k in runs.items() for k, r in by_k.items()]
     if pairs:
         req = [p["requests_per_problem"] / h["requests_per_problem"] for _, _, h, p in pairs]
@@ -871,25 +908,31 @@ def mechanisms(doc: dict) -> list[str]:
                  f"none (this task's responses are often identical at temperature 0.7); specs scores every response.")
     many = [(m, r) for m, by_k in runs.items() for k, r in by_k.items() if k != "1"]
     if many:
-        def busy(x):
-            return x["target_busy_seconds_per_problem"] + x["prm_busy_seconds_per_problem"]
-
-        def ov(x):
-            return busy(x) * x["problems_per_second"]
+        def span(lib):
+            v = [_busy_over_wall(r[lib]) for _, r in many if lib in r]
+            return f"{min(v):.2f}-{max(v):.2f}"
 
         text += (" The request count is not what limits throughput on these CPU servers: their compute is. With many "
                  "problems in flight specs needs " + ", ".join(
-                     f"{busy(r['specs']):.3f} s of server time per problem against its_hub's {busy(r['its_hub']):.3f} s "
-                     f"({PAIRS[m][1]})" for m, r in many)
+                     f"{_server_seconds(r['specs']):.3f} s of server time per problem against its_hub's "
+                     f"{_server_seconds(r['its_hub']):.3f} s ({PAIRS[m][1]})" for m, r in many)
                  + "".join(" (bon: more, for the PRM calls its_hub's deduplication skips and the request format "
-                           "below)" for m, r in many if m == "bon" and busy(r["specs"]) > busy(r["its_hub"])) +
-                 "; and it runs each step as one wave (all its problems generate, then the PRM scores them all), so "
-                 "its target and PRM servers work in turn (server time / wall time "
-                 f"{min(ov(r['specs']) for _, r in many):.2f}-{max(ov(r['specs']) for _, r in many):.2f}), while "
-                 "its_hub's independent problems keep both servers busy at once "
-                 f"({min(ov(r['its_hub']) for _, r in many):.2f}-{max(ov(r['its_hub']) for _, r in many):.2f}): "
-                 "that overlap, not the request count, decides the throughput columns (server time / (server time / "
-                 "wall time) = wall time per problem).")
+                           "below)" for m, r in many
+                           if m == "bon" and _server_seconds(r["specs"]) > _server_seconds(r["its_hub"]))
+                 + ". What decides the throughput columns is how much of that time the two servers spend working at "
+                 "once (wall time per problem = server time / (busy / wall)). its_hub's independent problems keep "
+                 f"both busy at once (busy / wall {span('its_hub')}).")
+        if any("specs_lockstep" in r for _, r in many):
+            same = [r["lockstep_same_answers"] for _, r in many if "lockstep_same_answers" in r]
+            text += (" specs' lockstep loop runs each step as one wave (all its problems generate, then the PRM scores "
+                     f"them all), so its servers work in turn ({span('specs_lockstep')}); in "
+                     f"{doc['meta']['settings'].get('cohorts', 1)} pipelined cohorts one cohort's PRM scoring overlaps "
+                     f"the next cohort's generation ({span('specs')}), with the same seeded decisions: "
+                     f"{min(same):.0%}-{max(same):.0%} of the answers equal to the lockstep run's in the same rounds "
+                     "(through servers a sample is reproduced up to the float noise of a different batch).")
+        else:
+            text += (" specs runs each step as one wave (all its problems generate, then the PRM scores them all), so "
+                     f"its servers work in turn ({span('specs')}).")
     fmt = doc["probes"].get("request_format")
     out = [text]
     if fmt:
@@ -956,14 +999,13 @@ def why(doc: dict) -> list[str]:
             if k == "1":
                 line += (f"; the rest of the latency (client, HTTP, the loop) {rest(h):.3f} / {rest(p):.3f} s")
 
-            def overlap(x):
-                busy = x["target_busy_seconds_per_problem"] + x["prm_busy_seconds_per_problem"]
-                return busy, busy * x["problems_per_second"]
-
-            (hb, ho), (pb, po) = overlap(h), overlap(p)
-            line += (f". Both servers together: {hb:.3f} s (its_hub) / {pb:.3f} s (specs) of server time per problem, "
-                     f"{ho:.2f} / {po:.2f} times the wall time per problem (above 1: the target and the PRM "
-                     f"worked at the same time)")
+            line += (f". Both servers together: {_server_seconds(h):.3f} s (its_hub) / {_server_seconds(p):.3f} s "
+                     f"(specs) of server time per problem, {_busy_over_wall(h):.2f} / {_busy_over_wall(p):.2f} times "
+                     f"the wall time per problem (above 1: the target and the PRM worked at the same time)")
+            lock = r.get("specs_lockstep")
+            if lock:
+                line += (f"; specs' lockstep loop: {_server_seconds(lock):.3f} s of server time per problem, "
+                         f"{_busy_over_wall(lock):.2f} times the wall time")
             out.append(line + ".")
     return out
 

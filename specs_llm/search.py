@@ -30,7 +30,6 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple, Sequence
 
@@ -317,17 +316,12 @@ class _Problem:
 
 
 class _Search:
-    """The step functions, shared by every cohort of a run (`run_search`).
-
-    ``turns``: with several cohorts, one lock per model, so that a model
-    serves one cohort's call at a time and the cohorts fall into a pipeline
-    (one generates while another is scored); None with a single cohort.
-    """
+    """The step functions of one cohort of a run (`run_search`)."""
 
     def __init__(self, models: Models, config: SearchConfig, ledger: Ledger, pool: ThreadPoolExecutor,
-                 max_steps: int, *, turns: bool = False):
+                 max_steps: int):
         self.m, self.c, self.ledger, self.pool, self.max_steps = models, config, ledger, pool, max_steps
-        self.turns = {id(m): threading.Lock() for m in models if m is not None} if turns else None
+        self.proposed = threading.Event()  # set after this cohort's first proposal call
         self.strategy = strategy_for(config)
         c = config
         # Target candidates (after a deferral, or in target mode) are kept by
@@ -345,18 +339,6 @@ class _Search:
         if model is None:
             raise ValueError(f"strategy {self.c.strategy!r} needs a {role} model")
         return model
-
-    @contextmanager
-    def turn(self, model, call):
-        """The model's turn for ``call``; the wait is part of the call's
-        seconds (the cohort waited) and is also kept as ``call.queued``."""
-        if self.turns is None:
-            yield
-            return
-        t0 = time.perf_counter()
-        with self.turns[id(model)]:
-            call.queued += time.perf_counter() - t0
-            yield
 
     def keys(self, call, probs: list[_Problem], step: int, salt: int) -> jax.Array:
         """One key per problem (padded to the bucket), independent of batching."""
@@ -380,13 +362,14 @@ class _Search:
         seeds = [derive_seed(c.seed, p.index, b, step, salt) for p, b in owners]
         stop = strategy.stop if role == strategy.proposer else (c.step_delimiter,)
         model = self.model(role)
-        with self.ledger.record(role, phase, step, [p.index for p in probs]) as call, self.turn(model, call):
+        with self.ledger.record(role, phase, step, [p.index for p in probs]) as call:
             out = model.generate(
                 states, per_beam, stop=stop, max_tokens=c.max_step_tokens,
                 temperature=c.sampling_temperature, seed=seeds,
             )
             for (p, _), steps in zip(owners, out):
                 call.tokens[p.index] += sum(s.num_generated for s in steps)
+        self.proposed.set()
         cands: dict[int, list[_Candidate]] = {p.index: [] for p in probs}
         for (p, b), steps in zip(owners, out):
             if len(steps) != per_beam:
@@ -401,8 +384,7 @@ class _Search:
         if not items:
             return
         target = self.model("target")
-        with (self.ledger.record("target", "target_scoring", step, [p.index for p in probs], group=group) as call,
-              self.turn(target, call)):
+        with self.ledger.record("target", "target_scoring", step, [p.index for p in probs], group=group) as call:
             out = target.score([p.beams[x.beam].state for p, x in items],
                                              [x.step.scored_text for _, x in items])
             for (p, x), lps in zip(items, out):
@@ -413,8 +395,7 @@ class _Search:
         items = [(p, x) for p in probs for x in cands[p.index]]
         if not items:
             return
-        with (self.ledger.record("prm", "prm_scoring", step, [p.index for p in probs], group=group) as call,
-              self.turn(self.m.prm, call)):
+        with self.ledger.record("prm", "prm_scoring", step, [p.index for p in probs], group=group) as call:
             out = self.m.prm.rewards([x.state for _, x in items])
             for (p, x), rs in zip(items, out):
                 x.step_rewards = tuple(float(r) for r in rs)
@@ -600,14 +581,16 @@ def run_search(
     active.
 
     ``cohorts``: the problems are split into this many groups (contiguous,
-    in order), each advancing through its own step loop in its own thread.
-    A model serves one cohort at a time, so the cohorts fall into a
-    pipeline: while one cohort's candidates are scored by the PRM, the next
-    cohort's are generated. Decisions and samples depend only on a
-    problem's own history (seeds and keys are derived from the problem, the
-    beam, the step and the phase), so the results are those of one cohort;
-    only the timing changes. A problem's latency then includes its waits for
-    a model's turn (`timing.Call.queued`).
+    in order), each advancing through its own step loop in its own thread;
+    cohort c starts when cohort c - 1 has made its first proposal call, so
+    while one cohort's candidates are scored, the next cohort's are being
+    generated (models on separate servers or devices then work at once; a
+    server batches the calls that do meet, an in-process vLLM engine takes
+    them one at a time). Decisions and samples depend only on a problem's
+    own history (seeds and keys derive from the problem's position, the
+    beam, the step and the phase), so the results are those of one lockstep
+    loop; only the timing changes. A problem's latency is then the time its
+    own cohort's calls took, sharing the models with the other cohorts.
     """
     from .aggregate import choose_answer
 
@@ -632,29 +615,37 @@ def run_search(
     groups = [g.tolist() for g in np.array_split(np.arange(len(probs)), min(cohorts, max(len(probs), 1)))]
     progress = threading.Lock()
 
-    def advance(cohort: list[_Problem]) -> None:
-        for step in range(max_steps):
-            active = [p for p in cohort if p.active]
-            if not active:
-                break
-            try:
-                (search.smc_step if config.strategy == "smc" else search.step)(active, step)
-            except Exception as exc:  # a failed model call: end these problems, loudly
-                for p in active:
-                    p.error = f"{type(exc).__name__}: {exc}"
-            if on_step is not None:
-                with progress:
-                    on_step(step, sum(p.active for p in probs))
+    def advance(search: _Search, cohort: list[_Problem], after: _Search | None) -> None:
+        if after is not None:
+            after.proposed.wait()  # start half a step behind the cohort before
+        try:
+            for step in range(max_steps):
+                active = [p for p in cohort if p.active]
+                if not active:
+                    break
+                try:
+                    (search.smc_step if config.strategy == "smc" else search.step)(active, step)
+                except Exception as exc:  # a failed model call: end these problems, loudly
+                    for p in active:
+                        p.error = f"{type(exc).__name__}: {exc}"
+                if on_step is not None:
+                    with progress:
+                        on_step(step, sum(p.active for p in probs))
+        finally:
+            search.proposed.set()  # never leave the next cohort waiting
 
     # two scoring threads per cohort (target and PRM scoring run concurrently)
     with ThreadPoolExecutor(max_workers=2 * len(groups)) as pool:
-        search = _Search(models, config, ledger, pool, max_steps, turns=len(groups) > 1)
+        searches = [_Search(models, config, ledger, pool, max_steps) for _ in groups]
         if len(groups) == 1:
-            advance(probs)
+            advance(searches[0], probs, None)
         else:
             with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="cohort") as runners:
-                for job in [runners.submit(advance, [probs[i] for i in g]) for g in groups]:
+                jobs = [runners.submit(advance, s, [probs[i] for i in g], searches[c - 1] if c else None)
+                        for c, (s, g) in enumerate(zip(searches, groups))]
+                for job in jobs:
                     job.result()
+    search = searches[0]
     ledger.finish()
     results = []
     for p in probs:

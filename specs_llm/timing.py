@@ -67,7 +67,6 @@ class Call:
     tokens: dict[int, int] = field(default_factory=dict)
     excluded: float = 0.0  # seconds inside the call that are not latency (one-off JIT compilation)
     group: int = -1  # calls of one group ran concurrently: a problem waits for the longest
-    queued: float = 0.0  # seconds of ``seconds`` spent waiting for the model's turn (search cohorts)
 
 
 class Ledger:
@@ -130,9 +129,7 @@ class Ledger:
         """Totals: seconds, calls and tokens by model and by phase (every call
         summed); ``seconds``: the time in calls (concurrent calls counted once,
         by the longest); ``compile_seconds``: one-off JIT compilation, left out
-        of latency; ``queued_seconds``: time calls waited for their model's
-        turn (search cohorts; part of ``seconds``); ``loop_overhead_seconds``:
-        wall time in none of these."""
+        of latency; ``loop_overhead_seconds``: wall time in none of these."""
         by_model = defaultdict(lambda: {"seconds": 0.0, "calls": 0, "tokens": 0})
         by_phase = defaultdict(lambda: {"seconds": 0.0, "calls": 0, "tokens": 0})
         charged: dict[int, float] = {}
@@ -149,7 +146,6 @@ class Ledger:
             "seconds": sum(charged.values()),
             "wall_seconds": self.wall_seconds,
             "compile_seconds": compile_seconds,
-            "queued_seconds": sum(c.queued for c in self.calls),
             "loop_overhead_seconds": max(self.wall_seconds - sum(measured.values()), 0.0),
             "by_model": {m: dict(by_model[m]) for m in MODELS if m in by_model},
             "by_phase": {p: dict(by_phase[p]) for p in PHASES if p in by_phase},

@@ -1,7 +1,6 @@
 """Cohorts (`run_search(..., cohorts=C)`): the same results as one lockstep
 loop, one call per model at a time, and the models working at once."""
 
-import threading
 import time
 
 import jax
@@ -71,57 +70,49 @@ def test_a_problem_samples_the_same_whatever_shares_its_call(mdp):
 
 
 class _Watched:
-    """A model whose calls last ``delay`` seconds and are watched: how many run
-    at once per model, and whether two models ever ran at once."""
+    """A model whose calls last ``delay`` seconds and are logged: (model,
+    questions, start, end)."""
 
-    def __init__(self, inner, watch, delay=0.02):
-        self.inner, self.watch, self.delay, self.name = inner, watch, delay, inner.name
+    def __init__(self, inner, log, delay=0.02):
+        self.inner, self.log, self.delay, self.name = inner, log, delay, inner.name
 
     def __getattr__(self, name):
         fn = getattr(self.inner, name)
 
-        def call(*args, **kwargs):
-            self.watch.enter(self)
+        def call(states, *args, **kwargs):
+            t0 = time.perf_counter()
+            time.sleep(self.delay)
             try:
-                time.sleep(self.delay)
-                return fn(*args, **kwargs)
+                return fn(states, *args, **kwargs)
             finally:
-                self.watch.leave(self)
+                self.log.append((self.name, {s.question for s in states}, t0, time.perf_counter()))
 
         return call if name in ("generate", "score", "rewards") else fn
 
 
-class _Watch:
-    def __init__(self):
-        self.lock, self.busy, self.most, self.overlapped = threading.Lock(), {}, 0, False
-
-    def enter(self, model):
-        with self.lock:
-            self.busy[id(model)] = self.busy.get(id(model), 0) + 1
-            self.most = max(self.most, self.busy[id(model)])
-            self.overlapped |= sum(v > 0 for v in self.busy.values()) > 1
-
-    def leave(self, model):
-        with self.lock:
-            self.busy[id(model)] -= 1
+def _overlapped(log) -> bool:
+    """Did two different models ever work at the same time?"""
+    return any(a[0] != b[0] and a[2] < b[3] and b[2] < a[3] for a in log for b in log)
 
 
-def test_cohorts_pipeline_the_models_one_call_each_at_a_time(mdp):
+def test_cohorts_overlap_the_models(mdp):
     inner = _models(mdp)
     config = SearchConfig(strategy="beam", generator="target", n=4, k=2, sampling_temperature=1.0, max_steps=3)
-    expected = _outcomes(run_search(["q"] * 8, inner, config))
-    watch = _Watch()
-    models = Models(None, _Watched(inner.target, watch), _Watched(inner.prm, watch))
-    assert _outcomes(run_search(["q"] * 8, models, config)) == expected
-    assert watch.most == 1 and not watch.overlapped  # lockstep: the models work in turn
-    ledger = Ledger()
-    assert _outcomes(run_search(["q"] * 8, models, config, cohorts=2, ledger=ledger)) == expected
-    assert watch.most == 1  # a model serves one cohort at a time
-    assert watch.overlapped  # the PRM scored one cohort while the target generated for the other
-    s = ledger.summary()
-    assert s["queued_seconds"] > 0  # the cohorts waited for their model's turn
-    # both cohorts' calls add up to more than the run's wall time: they overlapped
-    assert sum(c.seconds - c.queued for c in ledger.calls) > s["wall_seconds"]
+    questions = [f"q{i}" for i in range(8)]
+    expected = _outcomes(run_search(questions, inner, config))
+    log = []
+    models = Models(None, _Watched(inner.target, log), _Watched(inner.prm, log))
+    assert _outcomes(run_search(questions, models, config)) == expected
+    assert not _overlapped(log)  # lockstep: the models work in turn
+    log.clear()
+    assert _outcomes(run_search(questions, models, config, cohorts=2)) == expected
+    first, second = ({f"q{i}" for i in range(4)}, {f"q{i}" for i in range(4, 8)})
+    assert all(qs <= first or qs <= second for _, qs, _, _ in log)  # a call serves one cohort
+    # the second cohort starts when the first has made its first proposal ...
+    start = min(t0 for _, qs, t0, _ in log if qs <= second)
+    assert start >= min(t1 for m, qs, _, t1 in log if qs <= first and m == inner.target.name)
+    # ... so the PRM scores one cohort while the target generates for the other
+    assert _overlapped(log)
 
 
 def test_a_failed_call_ends_only_its_cohort(mdp):

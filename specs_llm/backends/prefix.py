@@ -22,6 +22,7 @@ Pure Python: the vLLM and server backends supply the engine call.
 from __future__ import annotations
 
 import hashlib
+import threading
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -56,30 +57,43 @@ class CacheStats:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def add(self, other: "CacheStats") -> None:
+        """Add ``other``'s counts (thread-safe: search cohorts score at once)."""
+        with _STATS_LOCK:
+            for name, value in other.__dict__.items():
+                setattr(self, name, getattr(self, name) + value)
+
+
+_STATS_LOCK = threading.Lock()
+
 
 class PrefixMemo:
-    """Values by token-prefix digest, least recently used dropped past ``capacity``."""
+    """Values by token-prefix digest, least recently used dropped past
+    ``capacity``; safe to share between threads (search cohorts)."""
 
     def __init__(self, capacity: int = 1 << 17):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = int(capacity)
         self._data: OrderedDict[Hashable, object] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._data)
 
     def get(self, key: Hashable):
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
 
     def put(self, key: Hashable, value) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        if len(self._data) > self.capacity:
-            self._data.popitem(last=False)
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            if len(self._data) > self.capacity:
+                self._data.popitem(last=False)
 
 
 def prefix_digests(ids: Sequence[int], positions: Sequence[int]) -> list[bytes]:
@@ -103,8 +117,15 @@ def prefix_cached_values(seqs: Sequence[Sequence[int]], positions: Sequence[Sequ
     ``read_cache=False`` must return every wanted position, else
     `BackendError` names ``what``.
     """
-    stats = stats if stats is not None else CacheStats()
-    stats.sequences += len(seqs)
+    counts = CacheStats(sequences=len(seqs))
+    try:
+        return _prefix_cached_values(seqs, positions, run, memo, counts, what)
+    finally:
+        if stats is not None:
+            stats.add(counts)
+
+
+def _prefix_cached_values(seqs, positions, run: Run, memo: PrefixMemo, stats: CacheStats, what: str) -> list[list]:
     unique: dict[tuple[int, ...], int] = {}
     for s in seqs:
         unique.setdefault(tuple(s), len(unique))
