@@ -668,9 +668,9 @@ def main(argv=None) -> int:
                                 w = results.get("smc_reward_weight", 0.0) if method == "smc" else 0.0
                                 config = specs_config(method, w)
                                 runs["specs_config"] = {f: getattr(config, f) for f in config.__dataclass_fields__}
-                                if warm:
+                                for cohorts in sorted(set(variants.values())) if warm else ():  # compiles too
                                     run_specs(models, config.replace(seed=10_000), [p.problem for p in warm], k,
-                                              variants["specs"])
+                                              cohorts)
                             seeded, cohorts = config.replace(seed=config.seed + 1000 * rep), variants[lib]
                             reps[lib].append(measure(f"specs {specs_name}, {cohorts} cohort{'s' * (cohorts > 1)}",
                                                      lambda: run_specs(models, seeded, questions, k, cohorts),

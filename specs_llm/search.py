@@ -259,9 +259,9 @@ def _bucket(p: int) -> int:
     return 1 << max(p - 1, 0).bit_length()
 
 
-def _padded(rows: list[np.ndarray], width: int, fill=np.nan) -> np.ndarray:
-    """Rows stacked into a (bucket, width) array, padded with ``fill``."""
-    out = np.full((_bucket(len(rows)), width), fill, dtype=np.float64)
+def _padded(rows: list[np.ndarray], shape: tuple[int, int], fill=np.nan) -> np.ndarray:
+    """Rows stacked into a ``shape`` array, padded with ``fill``."""
+    out = np.full(shape, fill, dtype=np.float64)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
@@ -316,11 +316,15 @@ class _Problem:
 
 
 class _Search:
-    """The step functions of one cohort of a run (`run_search`)."""
+    """The step functions of one cohort of a run (`run_search`) of ``size``
+    problems. Every compiled call pads the problem axis to the same ``rows``
+    (a power of two), so a run compiles one shape per candidate width, not a
+    new one each time problems finish."""
 
     def __init__(self, models: Models, config: SearchConfig, ledger: Ledger, pool: ThreadPoolExecutor,
-                 max_steps: int):
+                 max_steps: int, size: int):
         self.m, self.c, self.ledger, self.pool, self.max_steps = models, config, ledger, pool, max_steps
+        self.rows = _bucket(size)
         self.proposed = threading.Event()  # set after this cohort's first proposal call
         self.strategy = strategy_for(config)
         c = config
@@ -342,7 +346,7 @@ class _Search:
 
     def keys(self, call, probs: list[_Problem], step: int, salt: int) -> jax.Array:
         """One key per problem (padded to the bucket), independent of batching."""
-        idx = np.zeros(_bucket(len(probs)), dtype=np.int64)
+        idx = np.zeros(self.rows, dtype=np.int64)
         idx[: len(probs)] = [p.index for p in probs]
         return _call(call, _problem_keys, self.root_key, idx, step, salt)
 
@@ -447,7 +451,7 @@ class _Search:
                     for x in cands[p.index]:
                         x.score = c.reward_weight * x.reward
                 width = max(len(r) for r in rewards)
-                padded = jnp.asarray(_padded(rewards, width))
+                padded = jnp.asarray(_padded(rewards, (self.rows, width)))
                 indices = np.asarray(_call(call, self.target_select, self.keys(call, target_group, step, 3), padded,
                                            *self.target_params))
                 back = None
@@ -466,7 +470,7 @@ class _Search:
         """The strategy's scores (P, width) and selection (indices, deferred) of
         every problem's candidates, in one compiled call."""
         width = max(len(cands[p.index]) for p in probs)
-        shape = (_bucket(len(probs)), width)
+        shape = (self.rows, width)
         lt, ld, r = (np.full(shape, np.nan) for _ in range(3))
         ntok, valid = np.ones(shape), np.zeros(shape, dtype=bool)
         for i, p in enumerate(probs):
@@ -497,7 +501,7 @@ class _Search:
         self.score_parallel(probs, cands, step, with_target=uses_ratio)
         with self.ledger.record("loop", "selection", step, [p.index for p in probs]) as call:
             scores, _, _ = self.select(call, probs, cands, step, uses_ratio)
-            shape = (_bucket(len(probs)), c.n)
+            shape = (self.rows, c.n)
             log_w, log_g = np.zeros(shape), np.zeros(shape)
             log_norm, last = np.full(shape[0], math.log(c.n)), np.ones(shape[0], dtype=bool)
             moving = {}
@@ -636,7 +640,7 @@ def run_search(
 
     # two scoring threads per cohort (target and PRM scoring run concurrently)
     with ThreadPoolExecutor(max_workers=2 * len(groups)) as pool:
-        searches = [_Search(models, config, ledger, pool, max_steps) for _ in groups]
+        searches = [_Search(models, config, ledger, pool, max_steps, len(g)) for g in groups]
         if len(groups) == 1:
             advance(searches[0], probs, None)
         else:
