@@ -594,7 +594,8 @@ def run_search(
     own history (seeds and keys derive from the problem's position, the
     beam, the step and the phase), so the results are those of one lockstep
     loop; only the timing changes. A problem's latency is then the time its
-    own cohort's calls took, sharing the models with the other cohorts.
+    own cohort's calls took, sharing the models with the other cohorts. A
+    one-step search (best-of-n) always runs as one cohort.
     """
     from .aggregate import choose_answer
 
@@ -616,7 +617,9 @@ def run_search(
             p.beams = [p.beams[0]] * config.n
             p.particles = _Particles(list(p.beams), np.zeros(config.n), math.log(config.n))
     max_steps = 1 if config.strategy == "bon" else config.max_steps
-    groups = [g.tolist() for g in np.array_split(np.arange(len(probs)), min(cohorts, max(len(probs), 1)))]
+    # a one-step search (best-of-n) has nothing to pipeline: its cohorts would generate one after the other
+    cohorts = 1 if max_steps == 1 else min(cohorts, max(len(probs), 1))
+    groups = [g.tolist() for g in np.array_split(np.arange(len(probs)), cohorts)]
     progress = threading.Lock()
 
     def advance(search: _Search, cohort: list[_Problem], after: _Search | None) -> None:

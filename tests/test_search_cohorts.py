@@ -58,8 +58,9 @@ def test_cohorts_reproduce_the_lockstep_loop(mdp, cfg):
         ledger = Ledger()
         assert _outcomes(run_search(["q"] * 12, models, config, cohorts=cohorts, ledger=ledger)) == lockstep
         groups = {frozenset(c.tokens) for c in ledger.calls}
-        # every call served one cohort (contiguous problems), never two
-        assert all(max(g) - min(g) < -(-12 // min(cohorts, 12)) for g in groups)
+        # every call served one cohort (contiguous problems), never two; best-of-n runs as one cohort
+        size = 12 if cfg["strategy"] == "bon" else -(-12 // min(cohorts, 12))
+        assert all(max(g) - min(g) < size for g in groups)
 
 
 def test_a_problem_samples_the_same_whatever_shares_its_call(mdp):
@@ -113,6 +114,14 @@ def test_cohorts_overlap_the_models(mdp):
     assert start >= min(t1 for m, qs, _, t1 in log if qs <= first and m == inner.target.name)
     # ... so the PRM scores one cohort while the target generates for the other
     assert _overlapped(log)
+
+
+def test_best_of_n_runs_as_one_cohort(mdp):
+    """One step, nothing to pipeline: two cohorts would generate one after the other."""
+    ledger = Ledger()
+    run_search(["q"] * 6, _models(mdp), SearchConfig(strategy="bon", n=4), cohorts=3, ledger=ledger)
+    (generation,) = [c for c in ledger.calls if c.phase == "target_generation"]
+    assert sorted(generation.tokens) == list(range(6))
 
 
 def test_a_failed_call_ends_only_its_cohort(mdp):
