@@ -928,7 +928,8 @@ def mechanisms(doc: dict) -> list[str]:
                      f"them all), so its servers work in turn ({span('specs_lockstep')}); in "
                      f"{doc['meta']['settings'].get('cohorts', 1)} pipelined cohorts one cohort's PRM scoring overlaps "
                      f"the next cohort's generation ({span('specs')}), with the same seeded decisions: "
-                     f"{min(same):.0%}-{max(same):.0%} of the answers equal to the lockstep run's in the same rounds "
+                     + (f"{min(same):.0%}" if min(same) == max(same) else f"{min(same):.0%}-{max(same):.0%}")
+                     + " of the answers equal to the lockstep run's in the same rounds "
                      "(through servers a sample is reproduced up to the float noise of a different batch).")
         else:
             text += (" specs runs each step as one wave (all its problems generate, then the PRM scores them all), so "
