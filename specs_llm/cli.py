@@ -154,7 +154,7 @@ def _synthetic(args) -> int:
 def _testbed_build(args) -> int:
     from .testbed.build import BuildSpec, build
 
-    build(args.out, BuildSpec(seed=args.seed))
+    build(args.out or f"out/{args.name}", BuildSpec.named(args.name, seed=args.seed))
     return 0
 
 
@@ -162,7 +162,7 @@ def _testbed_serve(args) -> int:
     from .testbed.serve import serve
 
     try:
-        serve(args.port, args.logs)
+        serve(args.port, args.logs, testbed=args.name)
     except KeyboardInterrupt:
         print("[testbed] servers stopped", file=sys.stderr)
     return 0
@@ -173,9 +173,12 @@ def _testbed_evaluate(args) -> int:
 
     from .testbed.quality import evaluate, format_report
 
+    from .testbed import TESTBEDS
+
     if args.models:
-        os.environ["SPECS_TESTBED_DIR"] = args.models
-    report = evaluate(args.out, backend=args.backend, limit=args.limit, seed=args.seed)
+        os.environ[TESTBEDS[args.name][1]] = args.models
+    report = evaluate(args.out or f"out/{args.name}-quality", backend=args.backend, limit=args.limit,
+                      seed=args.seed, testbed=args.name)
     print(format_report(report))
     print(f"wrote {args.out}/quality.json")
     return 0
@@ -258,17 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("testbed", help="the trained CPU testbed: build its models, measure their quality")
     tsub = tb.add_subparsers(dest="testbed_command", required=True, metavar="TESTBED_COMMAND")
     tbb = tsub.add_parser("build", help="train tokenizer, target, draft and PRM from scratch (about 12 min on 2 cores)")
-    tbb.add_argument("--out", default="out/testbed", help="output directory (default: out/testbed)")
+    from .testbed import TESTBEDS
+
+    names = dict(choices=tuple(TESTBEDS), default="testbed",
+                 help="which testbed: the shipped one, or the harder one of the paper's regime (issue 17)")
+    tbb.add_argument("--name", **names)
+    tbb.add_argument("--out", help="output directory (default: out/<name>)")
     tbb.add_argument("--seed", type=int, default=0)
     tbb.set_defaults(func=_testbed_build)
     tbe = tsub.add_parser("evaluate", help="accuracies (runner), PRM step AUC, decode cost ratio")
-    tbe.add_argument("--models", help="a build directory (default: $SPECS_TESTBED_DIR, else the shipped models)")
-    tbe.add_argument("--out", default="out/testbed-quality")
+    tbe.add_argument("--name", **names)
+    tbe.add_argument("--models", help="a build directory (default: $SPECS_TESTBED_DIR, or $SPECS_TESTBED_HARD_DIR "
+                                      "for testbed-hard, else the shipped models)")
+    tbe.add_argument("--out", help="output directory (default: out/<name>-quality)")
     tbe.add_argument("--backend", choices=("vllm", "hf"), default="vllm")
     tbe.add_argument("--limit", type=int, default=500, help="held-out problems (default 500)")
     tbe.add_argument("--seed", type=int, default=0)
     tbe.set_defaults(func=_testbed_evaluate)
     tbs = tsub.add_parser("serve", help="serve draft, target and PRM with three local vLLM servers (ports P..P+2)")
+    tbs.add_argument("--name", **names)
     tbs.add_argument("--port", type=int, default=8101)
     tbs.add_argument("--logs", default="out/testbed-servers")
     tbs.set_defaults(func=_testbed_serve)

@@ -21,6 +21,8 @@ testbed        500    the held-out split of the trained testbed's arithmetic tas
                       ``heldout.jsonl`` beside the testbed models in use
                       (`specs_llm.testbed.heldout_path`); ``meta`` keeps
                       solution, start, ops, form
+testbed-hard   -      the same for the harder testbed (issue 17), once built
+                      (``$SPECS_TESTBED_HARD_DIR``)
 =============  =====  ============================================================
 
 Answer normalisation (`normalize_answer`, applied to every source, the raw
@@ -54,7 +56,7 @@ from typing import Any, Iterable, Mapping
 
 __all__ = ["DATASETS", "Problem", "load_problems", "normalize_answer"]
 
-DATASETS: tuple[str, ...] = ("math500", "amc23", "olympiadbench", "testbed")
+DATASETS: tuple[str, ...] = ("math500", "amc23", "olympiadbench", "testbed", "testbed-hard")
 
 # Per shipped dataset: which JSON field holds id, problem and answer.
 # An id field of None numbers the rows "<name>-<row index>".
@@ -63,6 +65,7 @@ _SHIPPED_FIELDS: dict[str, dict[str, str | None]] = {
     "amc23": {"id": "id", "problem": "problem", "answer": "answer"},
     "olympiadbench": {"id": "id", "problem": "problem", "answer": "answer"},
     "testbed": {"id": "id", "problem": "problem", "answer": "answer"},
+    "testbed-hard": {"id": "id", "problem": "problem", "answer": "answer"},
 }
 _DEFAULT_FIELDS: dict[str, str | None] = {"id": "id", "problem": "problem", "answer": "answer"}
 
@@ -155,10 +158,10 @@ def load_problems(
             )
         source = name_or_path
         fields = _SHIPPED_FIELDS[name_or_path]
-        if name_or_path == "testbed":  # the held-out split of the testbed models in use
+        if name_or_path.startswith("testbed"):  # the held-out split of the testbed models in use
             from .testbed import heldout_path
 
-            text = heldout_path().read_text(encoding="utf-8")
+            text = heldout_path(name_or_path).read_text(encoding="utf-8")
         else:
             text = resources.files("specs_llm").joinpath("data", f"{name_or_path}.jsonl").read_text(
                 encoding="utf-8"

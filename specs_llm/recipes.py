@@ -53,7 +53,8 @@ Model paths ``tiny:draft``, ``tiny:target`` and ``tiny:prm`` (hf and vllm)
 name the tiny random models of `specs_llm.testing`, built on first use into
 ``$SPECS_CACHE/tiny-models`` (default ``~/.cache/specs/tiny-models``); see
 `tiny_model_path`. ``testbed:draft``, ``testbed:target`` and ``testbed:prm``
-name the trained testbed models (`specs_llm.testbed.model_path`).
+name the trained testbed models (`specs_llm.testbed.model_path`);
+``testbed-hard:<role>`` those of the harder testbed, once built.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .config import SearchConfig
+from .testbed import TESTBEDS
 
 __all__ = [
     "BACKENDS",
@@ -89,7 +91,7 @@ __all__ = [
 
 BACKENDS = ("hf", "vllm", "openai_server", "mdp")
 TINY_PREFIX = "tiny:"
-TESTBED_PREFIX = "testbed:"
+TESTBED_NAMES = tuple(TESTBEDS)  # "testbed:<role>", "testbed-hard:<role>"
 TINY_ROLES = ("draft", "target", "prm")
 PRM_CONVENTIONS = ("value_head", "step_tag")
 MDP_KEYS = {
@@ -262,10 +264,11 @@ def resolve_model_path(path: str, *, prm_kind: str = "value_head") -> str:
     resolved, any other path returned as it is."""
     if path.startswith(TINY_PREFIX):
         return tiny_model_path(path[len(TINY_PREFIX):], prm_kind=prm_kind)
-    if path.startswith(TESTBED_PREFIX):
+    testbed, _, role = path.partition(":")
+    if role and testbed in TESTBED_NAMES:
         from .testbed import model_path
 
-        return model_path(path[len(TESTBED_PREFIX):])
+        return model_path(role, testbed)
     return path
 
 
@@ -420,7 +423,7 @@ def _model(ctx: _Ctx, value, where: str, kind: str, role: str) -> ModelSpec:
     )
     if spec.path is not None:
         ctx.string(spec.path, f"{where}.path")
-        for prefix, what in ((TINY_PREFIX, "tiny"), (TESTBED_PREFIX, "testbed")):
+        for prefix, what in ((TINY_PREFIX, "tiny"), *((f"{t}:", t) for t in TESTBED_NAMES)):
             if spec.path.startswith(prefix) and spec.path[len(prefix):] not in TINY_ROLES:
                 raise ctx.fail(f"{where}.path", f"{what} models are {[prefix + r for r in TINY_ROLES]}, "
                                                 f"got {spec.path!r}")

@@ -51,6 +51,54 @@ def test_build_is_deterministic(mini):
 def test_build_cli(tmp_path, monkeypatch):
     from specs_llm import cli
 
-    monkeypatch.setattr("specs_llm.testbed.build.BuildSpec", lambda seed=0: BuildSpec.miniature(seed))
+    asked = []
+
+    def named(name, seed=0):
+        asked.append(name)
+        return BuildSpec.miniature(seed)
+
+    monkeypatch.setattr(BuildSpec, "named", staticmethod(named))
     assert cli.main(["testbed", "build", "--out", str(tmp_path / "tb"), "--seed", "2"]) == 0
     assert json.loads((tmp_path / "tb" / "build.json").read_text())["spec"]["seed"] == 2
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["testbed", "build", "--name", "testbed-hard"]) == 0
+    assert asked == ["testbed", "testbed-hard"] and (tmp_path / "out" / "testbed-hard" / "build.json").is_file()
+
+
+def test_the_hard_testbed_spec():
+    hard, easy = BuildSpec.named("testbed-hard"), BuildSpec.named("testbed")
+    assert easy == BuildSpec() and hard == BuildSpec.hard() and hard.hash() != easy.hash()
+    d = hard.difficulty
+    assert (d.min_ops + 1, d.max_ops + 1, d.digits) == (6, 10, 2)  # 6-10 steps, two-digit operands
+    assert hard.target.layers >= 8 and hard.draft.layers == 1
+    with pytest.raises(ValueError, match="testbeds are"):
+        BuildSpec.named("testbed-easy")
+
+
+def test_a_built_hard_testbed_is_found_by_name(mini, monkeypatch):
+    """A build named by $SPECS_TESTBED_HARD_DIR: its models and its held-out split by name."""
+    from specs_llm.data import load_problems
+    from specs_llm.recipes import resolve_model_path
+
+    out, _ = mini
+    monkeypatch.delenv("SPECS_TESTBED_HARD_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="testbed-hard is not shipped"):
+        resolve_model_path("testbed-hard:target")
+    monkeypatch.setenv("SPECS_TESTBED_HARD_DIR", str(out))
+    assert resolve_model_path("testbed-hard:target") == str(out / "target")
+    assert resolve_model_path("testbed:target") != str(out / "target")  # the other testbed is untouched
+    assert len(load_problems("testbed-hard")) == BuildSpec.miniature().heldout_size
+
+
+def test_quality_recipe_of_the_hard_testbed():
+    import yaml
+
+    from specs_llm.recipes import parse_recipe
+    from specs_llm.testbed.quality import quality_recipe
+
+    recipe = parse_recipe(yaml.safe_load(quality_recipe("hf", 20, 0, "testbed-hard")))
+    assert [m.name for m in recipe.methods] == ["draft_single", "target_single", "target_beam4", "bon4_prm",
+                                               "bon4_vote"]
+    assert recipe.datasets[0].name == "testbed-hard" and recipe.backend.target.path == "testbed-hard:target"
+    with pytest.raises(ValueError, match="testbed must be one of"):
+        quality_recipe("hf", 20, 0, "testbed-easy")

@@ -28,18 +28,19 @@ from . import ROLES, model_path
 __all__ = ["server_command", "serve", "stop"]
 
 
-def server_command(role: str, port: int) -> list[str]:
-    """The command line of the ``role`` server on ``port`` (CPU settings: float32, eager; cache
-    blocks of 32 tokens, the smallest vLLM's CPU attention takes, so that scoring reuses most of a prefix)."""
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path(role),
-           "--served-model-name", f"testbed-{role}", "--host", "127.0.0.1", "--port", str(port),
+def server_command(role: str, port: int, testbed: str = "testbed") -> list[str]:
+    """The command line of the ``role`` server on ``port``, served as ``<testbed>-<role>`` (CPU settings:
+    float32, eager; cache blocks of 32 tokens, the smallest vLLM's CPU attention takes, so that scoring
+    reuses most of a prefix)."""
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path(role, testbed),
+           "--served-model-name", f"{testbed}-{role}", "--host", "127.0.0.1", "--port", str(port),
            "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
            "--max-num-batched-tokens", "32768", "--block-size", "32"]
     return cmd + (["--runner", "pooling"] if role == "prm" else [])
 
 
 def serve(port: int = 8101, log_dir: str | os.PathLike = "out/testbed-servers", *, timeout: float = 300.0,
-          block: bool = True) -> list[subprocess.Popen]:
+          block: bool = True, testbed: str = "testbed") -> list[subprocess.Popen]:
     """Start the three servers; wait until they answer; with ``block``, keep them
     until interrupted (Ctrl-C), then stop them. Returns the processes."""
     from ..backends.openai_server import wait_until_ready
@@ -53,12 +54,12 @@ def serve(port: int = 8101, log_dir: str | os.PathLike = "out/testbed-servers", 
     try:
         for i, role in enumerate(ROLES):
             with open(logs / f"{role}.log", "ab") as log:
-                procs.append(subprocess.Popen(server_command(role, port + i), stdout=log, stderr=subprocess.STDOUT,
+                procs.append(subprocess.Popen(server_command(role, port + i, testbed), stdout=log, stderr=subprocess.STDOUT,
                                               env=env, start_new_session=True))
         for i, (role, proc) in enumerate(zip(ROLES, procs)):
             url = f"http://127.0.0.1:{port + i}"
             wait_until_ready(url, timeout=timeout)
-            print(f"[testbed] {role:6s} testbed-{role} at {url}/v1 (log {logs / f'{role}.log'})", file=sys.stderr)
+            print(f"[testbed] {role:6s} {testbed}-{role} at {url}/v1 (log {logs / f'{role}.log'})", file=sys.stderr)
         if block:
             signal.signal(signal.SIGTERM, _interrupt)
             print("[testbed] serving; Ctrl-C (or kill) stops the three servers", file=sys.stderr)
