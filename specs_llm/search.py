@@ -345,7 +345,7 @@ class _Search:
         return model
 
     def keys(self, call, probs: list[_Problem], step: int, salt: int) -> jax.Array:
-        """One key per problem (padded to the bucket), independent of batching."""
+        """One key per problem (padded to ``rows``), independent of batching."""
         idx = np.zeros(self.rows, dtype=np.int64)
         idx[: len(probs)] = [p.index for p in probs]
         return _call(call, _problem_keys, self.root_key, idx, step, salt)
@@ -387,9 +387,8 @@ class _Search:
         items = [(p, x) for p in probs for x in cands[p.index]]
         if not items:
             return
-        target = self.model("target")
         with self.ledger.record("target", "target_scoring", step, [p.index for p in probs], group=group) as call:
-            out = target.score([p.beams[x.beam].state for p, x in items],
+            out = self.model("target").score([p.beams[x.beam].state for p, x in items],
                                              [x.step.scored_text for _, x in items])
             for (p, x), lps in zip(items, out):
                 x.logp_target = float(np.sum(lps)) if len(lps) else 0.0
@@ -652,7 +651,6 @@ def run_search(
                         for c, (s, g) in enumerate(zip(searches, groups))]
                 for job in jobs:
                     job.result()
-    search = searches[0]
     ledger.finish()
     results = []
     for p in probs:
@@ -664,7 +662,7 @@ def run_search(
         res = SearchResult(p.question, finished=p.finished, error=p.error, counts=dict(p.counts),
                            smc=p.particles.trace if p.particles is not None else [])
         if p.error is None and p.finished:
-            key = _output_key(search.root_key, p.index) if config.aggregation == "sample" else None
+            key = _output_key(searches[0].root_key, p.index) if config.aggregation == "sample" else None
             best = choose_answer(p.finished, config.aggregation, key=key)
             res.text = best.text
             res.steps = list(best.records)
