@@ -31,7 +31,7 @@ def test_shipped_dataset_loads_every_row_with_unique_ids(name, rows):
 
 
 def test_datasets_names_and_package_files():
-    assert DATASETS == ("math500", "amc23", "olympiadbench", "testbed")
+    assert DATASETS == ("math500", "amc23", "olympiadbench", "testbed", "testbed-hard")
     for name in DATASETS[:3]:
         assert resources.files("specs_llm").joinpath("data", f"{name}.jsonl").is_file()
     # the testbed's held-out split lies beside its shipped models
