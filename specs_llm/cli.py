@@ -171,16 +171,15 @@ def _testbed_serve(args) -> int:
 def _testbed_evaluate(args) -> int:
     import os
 
-    from .testbed.quality import evaluate, format_report
-
     from .testbed import TESTBEDS
+    from .testbed.quality import evaluate, format_report
 
     if args.models:
         os.environ[TESTBEDS[args.name][1]] = args.models
-    report = evaluate(args.out or f"out/{args.name}-quality", backend=args.backend, limit=args.limit,
-                      seed=args.seed, testbed=args.name)
+    out = args.out or f"out/{args.name}-quality"
+    report = evaluate(out, backend=args.backend, limit=args.limit, seed=args.seed, testbed=args.name)
     print(format_report(report))
-    print(f"wrote {args.out}/quality.json")
+    print(f"wrote {out}/quality.json")
     return 0
 
 

@@ -158,9 +158,9 @@ def load_problems(
             )
         source = name_or_path
         fields = _SHIPPED_FIELDS[name_or_path]
-        if name_or_path.startswith("testbed"):  # the held-out split of the testbed models in use
-            from .testbed import heldout_path
+        from .testbed import TESTBEDS, heldout_path
 
+        if name_or_path in TESTBEDS:  # the held-out split of the testbed models in use
             text = heldout_path(name_or_path).read_text(encoding="utf-8")
         else:
             text = resources.files("specs_llm").joinpath("data", f"{name_or_path}.jsonl").read_text(

@@ -1,5 +1,5 @@
 """Cohorts (`run_search(..., cohorts=C)`): the same results as one lockstep
-loop, one call per model at a time, and the models working at once."""
+loop, every call for one cohort, the cohorts staggered, the models working at once."""
 
 import time
 
@@ -8,11 +8,13 @@ import pytest
 
 from specs_llm.backends.base import BackendError
 from specs_llm.backends.common import derive_seed, state_seeds
-from specs_llm.backends.mdp import MDPLanguageModel, MDPRewardModel
+from specs_llm.backends.mdp import MDPRewardModel
 from specs_llm.config import SearchConfig
 from specs_llm.search import Models, run_search
 from specs_llm.timing import Ledger
 from specs_theory.mdp import random_mdp
+
+from mdp_search import mdp_models  # tests/mdp_search.py
 
 SEARCHES = [
     dict(strategy="specs", n=4, k=2, threshold=6.0, temperature=0.5),
@@ -28,10 +30,6 @@ SEARCHES = [
 def mdp():
     # large enough (4**5 sequences) that problems rarely share a path
     return random_mdp(jax.random.key(3), K=4, H=5, beta=0.5, draft_noise=1.5)
-
-
-def _models(mdp):
-    return Models(MDPLanguageModel(mdp, "draft"), MDPLanguageModel(mdp, "target"), MDPRewardModel(mdp, "q"))
 
 
 def _outcomes(results):
@@ -50,7 +48,7 @@ def test_state_seeds():
 
 @pytest.mark.parametrize("cfg", SEARCHES, ids=[f"{c['strategy']}-{i}" for i, c in enumerate(SEARCHES)])
 def test_cohorts_reproduce_the_lockstep_loop(mdp, cfg):
-    models = _models(mdp)
+    models = mdp_models(mdp, "q")
     config = SearchConfig(sampling_temperature=1.0, reward_weight=4.0, seed=3, **cfg)
     lockstep = _outcomes(run_search(["q"] * 12, models, config))
     assert len({str(o["steps"]) for o in lockstep}) > 3  # the problems went different ways
@@ -65,7 +63,7 @@ def test_cohorts_reproduce_the_lockstep_loop(mdp, cfg):
 
 def test_a_problem_samples_the_same_whatever_shares_its_call(mdp):
     """Lockstep runs of different sizes agree on their common problems."""
-    models = _models(mdp)
+    models = mdp_models(mdp, "q")
     config = SearchConfig(strategy="specs", n=4, k=2, sampling_temperature=1.0, seed=1)
     assert _outcomes(run_search(["q"] * 3, models, config)) == _outcomes(run_search(["q"] * 9, models, config))[:3]
 
@@ -97,7 +95,7 @@ def _overlapped(log) -> bool:
 
 
 def test_cohorts_overlap_the_models(mdp):
-    inner = _models(mdp)
+    inner = mdp_models(mdp, "q")
     config = SearchConfig(strategy="beam", generator="target", n=4, k=2, sampling_temperature=1.0, max_steps=3)
     questions = [f"q{i}" for i in range(8)]
     expected = _outcomes(run_search(questions, inner, config))
@@ -119,13 +117,13 @@ def test_cohorts_overlap_the_models(mdp):
 def test_best_of_n_runs_as_one_cohort(mdp):
     """One step, nothing to pipeline: two cohorts would generate one after the other."""
     ledger = Ledger()
-    run_search(["q"] * 6, _models(mdp), SearchConfig(strategy="bon", n=4), cohorts=3, ledger=ledger)
+    run_search(["q"] * 6, mdp_models(mdp, "q"), SearchConfig(strategy="bon", n=4), cohorts=3, ledger=ledger)
     (generation,) = [c for c in ledger.calls if c.phase == "target_generation"]
     assert sorted(generation.tokens) == list(range(6))
 
 
 def test_a_failed_call_ends_only_its_cohort(mdp):
-    inner = _models(mdp)
+    inner = mdp_models(mdp, "q")
 
     class Flaky(MDPRewardModel):
         def rewards(self, states):
@@ -142,4 +140,4 @@ def test_a_failed_call_ends_only_its_cohort(mdp):
 def test_bad_cohorts(mdp):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="cohorts must be an integer >= 1"):
-            run_search(["q"], _models(mdp), SearchConfig(), cohorts=bad)
+            run_search(["q"], mdp_models(mdp, "q"), SearchConfig(), cohorts=bad)
