@@ -390,11 +390,13 @@ def test_property_with_replacement_picks_eligible(scores, k, seed, temperature):
 # smc_update
 
 
-weights_st = st.lists(st.one_of(st.floats(-30, 30), st.just(float("-inf")), st.just(float("nan"))),
-                      min_size=1, max_size=8)
+# no subnormal floats: XLA on the CPU flushes them to zero (a log-weight of 2e-313 comes back as 0.0),
+# which the exact float64 comparisons below would report as a mismatch that no caller can see
+weights_st = st.lists(st.one_of(st.floats(-30, 30, allow_subnormal=False), st.just(float("-inf")),
+                                st.just(float("nan"))), min_size=1, max_size=8)
 
 
-@given(log_g=weights_st, carried=st.lists(st.floats(-5, 5), min_size=8, max_size=8),
+@given(log_g=weights_st, carried=st.lists(st.floats(-5, 5, allow_subnormal=False), min_size=8, max_size=8),
        ess_threshold=st.sampled_from([0.0, 0.3, 0.5, 1.0, 2.0]), last=st.booleans(),
        resampling=st.sampled_from(sorted(RESAMPLERS)), seed=st.integers(0, 2**16))
 def test_property_smc_update(log_g, carried, ess_threshold, last, resampling, seed):
