@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from specs_llm.testbed import train
 from specs_llm.testbed.build import BuildSpec, build
 
 
@@ -27,6 +28,7 @@ def test_miniature_build_writes_loadable_models(mini):
         assert losses["last_10_mean"] < losses["first"], (name, losses)  # training moves the loss down
     assert meta["losses"]["prm"]["first"] == pytest.approx(0.6931, abs=1e-3)  # a zero head: reward 0.5
     assert meta["prm_data"]["reference"] == BuildSpec.miniature().prm_problems
+    assert meta["bfloat16_autocast"] == train.fast_bfloat16()  # float32 training on CPUs without native bf16
     # the draft's stopping rule ran: checks at steps 2 and 4 (a few-step draft solves nothing, so no stop)
     assert [c["step"] for c in meta["draft_checks"]] == [2, 4]
     assert all(0.0 <= c["accuracy"] <= 1.0 for c in meta["draft_checks"])
