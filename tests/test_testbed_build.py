@@ -7,7 +7,7 @@ import json
 import pytest
 
 from specs_llm.testbed import train
-from specs_llm.testbed.build import BuildSpec, build
+from specs_llm.testbed.build import BuildSpec, Stop, build
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,46 @@ def test_build_is_deterministic(mini):
     assert json.loads((other / "build.json").read_text())["files"] != first
 
 
+def test_grow_lm_starts_as_the_shallow_model():
+    import torch
+
+    from specs_llm.testbed.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["Compute 3 + 4.", "3 + 4 = 7.\n\nThe answer is \\boxed{7}."], 300)
+    small = train.new_lm(train.Shape(64, 2, 1, 1, 128), tok, 0)
+    with torch.no_grad():  # a trained-looking model: no zero projections anywhere
+        for p in small.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    big = train.grow_lm(small, 5, tok, 1)
+    assert big.config.num_hidden_layers == 5 and big.config.hidden_size == 64
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3]])
+    with torch.no_grad():
+        assert torch.allclose(big(input_ids=ids).logits, small(input_ids=ids).logits, atol=1e-5)
+    # the old layers sit first and last, the new ones between start as the identity
+    assert torch.equal(big.model.layers[4].mlp.up_proj.weight, small.model.layers[1].mlp.up_proj.weight)
+    assert not big.model.layers[2].mlp.down_proj.weight.any()
+    with pytest.raises(ValueError, match="cannot grow"):
+        train.grow_lm(big, 3, tok, 0)
+
+
+def test_a_build_with_a_first_stage_and_a_target_stop(tmp_path):
+    import dataclasses
+
+    from specs_llm.testbed.task import Difficulty
+
+    mini = BuildSpec.miniature()
+    spec = dataclasses.replace(mini, target=dataclasses.replace(mini.target, layers=3),
+                               pretrain=Difficulty(max_ops=2, digits=1),
+                               target_pretrain=train.Schedule(steps=3, batch_size=4, warmup=1),
+                               target_pretrain_layers=1,
+                               draft_pretrain=train.Schedule(steps=2, batch_size=4, warmup=1),
+                               target_stop=Stop(accuracy=0.0, start=2, every=2, problems=4))
+    meta = json.loads((build(tmp_path / "b", spec, progress=False) / "build.json").read_text())
+    assert [c["step"] for c in meta["target_checks"]] == [2]  # accuracy >= 0 stops at the first check
+    assert len(meta["losses"]["target"]["every_10"]) == 1 and set(meta["losses"]) >= {"target_pretrain", "draft_pretrain"}
+    assert json.loads((tmp_path / "b" / "target" / "config.json").read_text())["num_hidden_layers"] == 3
+
+
 def test_build_cli(tmp_path, monkeypatch):
     from specs_llm import cli
 
@@ -71,8 +111,10 @@ def test_the_hard_testbed_spec():
     hard, easy = BuildSpec.named("testbed-hard"), BuildSpec.named("testbed")
     assert easy == BuildSpec() and hard == BuildSpec.hard() and hard.hash() != easy.hash()
     d = hard.difficulty
-    assert (d.min_ops + 1, d.max_ops + 1, d.digits) == (6, 10, 2)  # 6-10 steps, two-digit operands
-    assert hard.target.layers >= 8 and hard.draft.layers == 1
+    assert (d.min_ops + 1, d.max_ops + 1, d.digits) == (3, 6, 2)  # 3-6 steps, two-digit operands
+    assert hard.pretrain.digits == 1 and hard.target_pretrain_layers < hard.target.layers  # learnt shallow, grown
+    assert hard.target.layers >= 10 and hard.draft.layers == 2  # >= 3x the draft's decode cost
+    assert 0.55 <= hard.target_stop.accuracy <= 0.75 and 0.20 <= hard.draft_stop.accuracy <= 0.45
     with pytest.raises(ValueError, match="testbeds are"):
         BuildSpec.named("testbed-easy")
 

@@ -40,6 +40,7 @@ __all__ = [
     "qwen2_config",
     "new_lm",
     "prm_from_lm",
+    "grow_lm",
     "lm_example",
     "train_lm",
     "sample_accuracy",
@@ -146,6 +147,35 @@ def prm_from_lm(lm, tokenizer, *, extra_layers: int = 0, seed: int = 0):
         if prm.score.bias is not None:
             prm.score.bias.zero_()
     return prm
+
+
+@torch.no_grad()
+def grow_lm(lm, layers: int, tokenizer, seed: int):
+    """A deeper copy of the causal LM ``lm`` (same width): its layers at evenly
+    spread depths of ``layers``, new layers between them that start as the
+    identity (zero output projections), so the grown model computes what
+    ``lm`` computes until it is trained further.
+
+    Small models learn the testbed's lookup of the next operation in a few
+    hundred steps; an 8-layer model trained from scratch had not learnt it in
+    1200 (docs/testbed.md). Growing a trained shallow model keeps what it
+    learnt and buys the depth that sets the decode cost."""
+    c = lm.config
+    if layers < c.num_hidden_layers:
+        raise ValueError(f"cannot grow {c.num_hidden_layers} layers to {layers}")
+    big = new_lm(Shape(c.hidden_size, layers, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size),
+                 tokenizer, seed)
+    old = c.num_hidden_layers
+    where = {round(i * (layers - 1) / max(old - 1, 1)): i for i in range(old)}
+    big.model.embed_tokens.load_state_dict(lm.model.embed_tokens.state_dict())
+    big.model.norm.load_state_dict(lm.model.norm.state_dict())
+    for j, layer in enumerate(big.model.layers):
+        if j in where:
+            layer.load_state_dict(lm.model.layers[where[j]].state_dict())
+        else:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return big
 
 
 # ---------------------------------------------------------------------------
