@@ -31,28 +31,13 @@ def shape(text: str) -> Shape:
     return Shape(hidden, layers, max(hidden // 64, 1), 1, 2 * hidden)
 
 
-@torch.no_grad()
 def grown(directory, s: Shape, tok):
-    """A deeper copy of the LM in ``directory``: its layers at evenly spread depths,
-    identity layers (zero output projections) between them."""
+    """The LM in ``directory`` grown to ``s.layers`` (`train.grow_lm`)."""
     from transformers import AutoModelForCausalLM
 
-    small = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    c = small.config
-    if (c.hidden_size, c.intermediate_size, c.num_attention_heads) != (s.hidden, s.intermediate, s.heads):
-        raise SystemExit(f"--shape must keep the width of {directory}")
-    big = new_lm(s, tok, 1)
-    n_old, n_new = c.num_hidden_layers, s.layers
-    where = [round(i * (n_new - 1) / max(n_old - 1, 1)) for i in range(n_old)]
-    big.model.embed_tokens.load_state_dict(small.model.embed_tokens.state_dict())
-    big.model.norm.load_state_dict(small.model.norm.state_dict())
-    for j, layer in enumerate(big.model.layers):
-        if j in where:
-            layer.load_state_dict(small.model.layers[where.index(j)].state_dict())
-        else:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-    return big
+    from specs_llm.testbed.train import grow_lm
+
+    return grow_lm(AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32), s.layers, tok, 1)
 
 
 @torch.no_grad()
