@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 
-from exp_target import evaluate, shape
-from specs_llm.backends.base import State
-from specs_llm.backends.common import chat_prompt
+from exp_target import evaluate, sample, shape
 from specs_llm.testbed.quality import roc_auc
-from specs_llm.testbed.task import Difficulty, check_steps, make_split, response_steps, training_problems
+from specs_llm.testbed.task import Difficulty, check_steps, make_split, training_problems
 from specs_llm.testbed.tokenizer import corpus, train_tokenizer
 from specs_llm.testbed.train import Schedule, lm_example, new_lm, prm_example
 
@@ -76,17 +74,9 @@ def _apply(a, op, b):
 @torch.no_grad()
 def step_auc(model, head, tok, problems, seed, max_new_tokens):
     """AUC of the head on steps the LM samples itself (2 per problem, temperature 0.7)."""
+    rows = sample(model, tok, problems, seed=seed, max_new_tokens=max_new_tokens, n=2, chunk=len(problems))
     model.eval()
-    tok.padding_side = "left"
-    torch.manual_seed(seed)
-    enc = tok([chat_prompt(tok, State(p.question), "\n\n") for p in problems for _ in range(2)],
-              return_tensors="pt", padding=True, add_special_tokens=False)
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    tok.padding_side = "right"
     scores, labels = [], []
-    rows = [(p, response_steps(tok.decode(ids, skip_special_tokens=True)))
-            for p, ids in zip([p for p in problems for _ in range(2)], out[:, enc.input_ids.shape[1]:])]
     for p, steps in rows:
         if not steps:
             continue

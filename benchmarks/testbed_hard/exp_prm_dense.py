@@ -23,10 +23,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from exp_target import sample
+
 from specs_llm.backends.base import State
-from specs_llm.backends.common import chat_prompt, encode, prm_input
+from specs_llm.backends.common import encode, prm_input
 from specs_llm.testbed.quality import roc_auc
-from specs_llm.testbed.task import check_steps, read_jsonl, response_steps, training_problems
+from specs_llm.testbed.task import check_steps, read_jsonl, training_problems
 from specs_llm.testbed.tokenizer import load_tokenizer
 from specs_llm.testbed.train import Schedule, prm_from_lm, train_prm
 
@@ -73,25 +75,6 @@ def example(tok, problem, steps, dense: bool):
 
 
 @torch.no_grad()
-def sample(lm, tok, problems, n, temperature, seed):
-    tok.padding_side = "left"
-    torch.manual_seed(seed)
-    out = []
-    for s in range(0, len(problems), 128):
-        chunk = problems[s:s + 128]
-        enc = tok([chat_prompt(tok, State(p.question), DELIM) for p in chunk for _ in range(n)], return_tensors="pt",
-                  padding=True, add_special_tokens=False)
-        gen = lm.generate(**enc, max_new_tokens=160, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        for p, ids in zip([p for p in chunk for _ in range(n)], gen[:, enc.input_ids.shape[1]:]):
-            steps = response_steps(tok.decode(ids, skip_special_tokens=True))
-            if steps:
-                out.append((p, steps))
-    tok.padding_side = "right"
-    return out
-
-
-@torch.no_grad()
 def auc(prm, tok, rows):
     prm.eval()
     scores, labels = [], []
@@ -122,20 +105,20 @@ def main():
     heldout = read_jsonl(root / "heldout.jsonl")
     models = {r: AutoModelForCausalLM.from_pretrained(root / r, dtype=torch.float32).eval() for r in ("draft", "target")}
     cache = Path(args.cache)
-    by_id = {}
     if cache.exists():
         data = json.loads(cache.read_text())
     else:
         t0 = time.perf_counter()
-        d = None
         from specs_llm.testbed.build import BuildSpec
         d = BuildSpec().difficulty if "hard" not in str(root) else BuildSpec.hard().difficulty
         train = list(itertools.islice(training_problems(3, d, exclude=heldout), args.problems))
         test = heldout[:256]
         data = {"train": [[p.to_json(), list(p.steps)] for p in train], "test": []}
         for role, n in (("draft", 2), ("target", 1)):
-            data["train"] += [[p.to_json(), s] for p, s in sample(models[role], tok, train, n, 1.0, 1)]
-            data["test"] += [[p.to_json(), s] for p, s in sample(models[role], tok, test, 1, 0.7, 2)]
+            for split, problems, k, temperature, seed in (("train", train, n, 1.0, 1), ("test", test, 1, 0.7, 2)):
+                rows = sample(models[role], tok, problems, seed=seed, max_new_tokens=160, n=k,
+                              temperature=temperature, chunk=128)
+                data[split] += [[p.to_json(), s] for p, s in rows if s]
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(data))
         print(json.dumps({"sampled_s": round(time.perf_counter() - t0)}), flush=True)

@@ -19,7 +19,7 @@ import torch
 
 from specs_llm.backends.base import State
 from specs_llm.backends.common import chat_prompt
-from specs_llm.testbed.task import Difficulty, check_steps, make_split, training_problems
+from specs_llm.testbed.task import Difficulty, check_steps, make_split, response_steps, training_problems
 from specs_llm.testbed.tokenizer import corpus, train_tokenizer
 from specs_llm.testbed.train import Schedule, Shape, lm_example, new_lm, train_lm
 
@@ -41,17 +41,30 @@ def grown(directory, s: Shape, tok):
 
 
 @torch.no_grad()
-def evaluate(model, tok, problems, seed, max_new_tokens):
+def sample(model, tok, problems, *, seed, max_new_tokens, n=1, temperature=0.7, chunk=256):
+    """``n`` sampled solutions per problem, as ``(problem, steps)`` pairs in problem order
+    (``chunk`` problems per generate call; the model is left in training mode)."""
     model.eval()
     tok.padding_side = "left"
     torch.manual_seed(seed)
+    rows = []
+    for start in range(0, len(problems), chunk):
+        batch = [p for p in problems[start:start + chunk] for _ in range(n)]
+        enc = tok([chat_prompt(tok, State(p.question), "\n\n") for p in batch], return_tensors="pt", padding=True,
+                  add_special_tokens=False)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                             top_p=1.0, top_k=0, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        rows += [(p, response_steps(tok.decode(ids, skip_special_tokens=True)))
+                 for p, ids in zip(batch, out[:, enc.input_ids.shape[1]:])]
+    tok.padding_side = "right"
+    model.train()
+    return rows
+
+
+def evaluate(model, tok, problems, seed, max_new_tokens):
+    """Sampled accuracy (temperature 0.7) and the kind of each failed solution's first wrong step."""
     solved, kinds = 0, {"copy": 0, "arithmetic": 0, "other": 0}
-    enc = tok([chat_prompt(tok, State(p.question), "\n\n") for p in problems], return_tensors="pt", padding=True,
-              add_special_tokens=False)
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    for p, ids in zip(problems, out[:, enc.input_ids.shape[1]:]):
-        steps = [s for s in tok.decode(ids, skip_special_tokens=True).split("\n\n") if s.strip()]
+    for p, steps in sample(model, tok, problems, seed=seed, max_new_tokens=max_new_tokens):
         check = check_steps(p, steps)
         solved += check.solved
         if check.solved:
@@ -63,8 +76,6 @@ def evaluate(model, tok, problems, seed, max_new_tokens):
             kinds["copy" if (op, b) != p.ops[i] else "arithmetic" if a == p.values[i] else "other"] += 1
         else:
             kinds["other"] += 1
-    tok.padding_side = "right"
-    model.train()
     return solved / len(problems), kinds
 
 

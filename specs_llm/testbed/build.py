@@ -230,16 +230,16 @@ def build(out_dir: str | os.PathLike, spec: BuildSpec = BuildSpec(), *, progress
                 for p in training_problems(stream_seed, difficulty, exclude=heldout):
                     yield lm_example(tok, p.question, p.solution)
 
-            def train(role, shape, schedule, pretrain, seed, stop, split_seed):
-                """A model of ``shape`` trained on the task (after its first
-                stage on the pretrain problems, if it has one)."""
-                model = new_lm(shape, tok, seed)
+            def train(role, shape, schedule, pretrain, seed, stop, split_seed, pretrain_layers=0):
+                """A model of ``shape`` trained on the task, after its first stage on
+                the pretrain problems if it has one (at ``pretrain_layers`` depth,
+                then grown, if that is set)."""
+                shallow = pretrain is not None and pretrain_layers
+                model = new_lm(dataclasses.replace(shape, layers=pretrain_layers) if shallow else shape, tok, seed)
                 if pretrain is not None:
-                    if role == "target" and spec.target_pretrain_layers:
-                        model = new_lm(dataclasses.replace(shape, layers=spec.target_pretrain_layers), tok, seed)
                     log.train(f"{role}_pretrain", train_lm, pretrain, model, tok, examples(seed + 10, spec.pretrain))
-                    if model.config.num_hidden_layers != shape.layers:
-                        model = grow_lm(model, shape.layers, tok, seed + 20)
+                if shallow:
+                    model = grow_lm(model, shape.layers, tok, seed + 20)
                 check = None if stop is None else _Stop(stop, spec, model, tok, make_split(split_seed, stop.problems, d))
                 log.train(role, train_lm, schedule, model, tok, examples(seed), stop=check)
                 log.checks[role] = [] if check is None else check.checks
@@ -247,7 +247,7 @@ def build(out_dir: str | os.PathLike, spec: BuildSpec = BuildSpec(), *, progress
                 return model
 
             target = train("target", spec.target, spec.target_schedule, spec.target_pretrain, spec.seed * 1000 + 1,
-                           spec.target_stop, spec.seed * 1000 + 7)
+                           spec.target_stop, spec.seed * 1000 + 7, spec.target_pretrain_layers)
             train("draft", spec.draft, spec.draft_schedule, spec.draft_pretrain, spec.seed * 1000 + 2,
                   spec.draft_stop, spec.seed * 1000 + 5)
 

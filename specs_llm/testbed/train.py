@@ -141,8 +141,7 @@ def prm_from_lm(lm, tokenizer, *, extra_layers: int = 0, seed: int = 0):
         raise RuntimeError(f"PRM body does not match the LM: missing {missing}, unexpected {unexpected}")
     with torch.no_grad():
         for layer in prm.model.layers[c.num_hidden_layers:]:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
+            _as_identity(layer)
         prm.score.weight.zero_()
         if prm.score.bias is not None:
             prm.score.bias.zero_()
@@ -173,9 +172,14 @@ def grow_lm(lm, layers: int, tokenizer, seed: int):
         if j in where:
             layer.load_state_dict(lm.model.layers[where[j]].state_dict())
         else:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
+            _as_identity(layer)
     return big
+
+
+def _as_identity(layer) -> None:
+    """Zero a decoder layer's output projections: it adds nothing to the residual stream."""
+    layer.self_attn.o_proj.weight.zero_()
+    layer.mlp.down_proj.weight.zero_()
 
 
 # ---------------------------------------------------------------------------
