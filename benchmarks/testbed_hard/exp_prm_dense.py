@@ -74,6 +74,31 @@ def example(tok, problem, steps, dense: bool):
     return ids, cols, labels
 
 
+def perturbed(problem, rng: random.Random) -> list[str]:
+    """The reference solution with one arithmetic step made wrong, as samplers err:
+    its result off by 1, 2 or 10 (a carry or borrow), or an operand miscopied
+    (the next operation's, or off by 1); the steps after it go on correctly from
+    the wrong value, so only that step is locally wrong."""
+    i = rng.randrange(len(problem.ops))
+    value = problem.values[i]
+    op, x = problem.ops[i]
+    kind = rng.choice(("result", "result", "operand"))
+    if kind == "operand":
+        others = [b for o, b in problem.ops if (o, b) != (op, x)]
+        x2 = rng.choice(others) if others and rng.random() < 0.5 else x + rng.choice((-1, 1))
+        result = value + x2 if op == "+" else value - x2 if op == "-" else value * x2
+        wrong = f"{value} {op} {x2} = {result}."
+    else:
+        result = problem.values[i + 1] + rng.choice((-10, -2, -1, 1, 2, 10))
+        wrong = f"{value} {op} {x} = {result}."
+    steps = list(problem.steps[:i]) + [wrong]
+    for o, b in problem.ops[i + 1:]:
+        nxt = result + b if o == "+" else result - b if o == "-" else result * b
+        steps.append(f"{result} {o} {b} = {nxt}.")
+        result = nxt
+    return steps + [f"The answer is \\boxed{{{result}}}."]
+
+
 @torch.no_grad()
 def auc(prm, tok, rows):
     prm.eval()
@@ -97,6 +122,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--problems", type=int, default=1024)
+    ap.add_argument("--perturb", type=int, default=0, help="perturbed reference solutions per training problem")
     ap.add_argument("--cache", default="/tmp/hard/prm_samples.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -129,7 +155,10 @@ def main():
 
     train = [(problem(r), s) for r, s in data["train"]]
     test = [(problem(r), s) for r, s in data["test"]]
-    random.Random(0).shuffle(train)
+    rng = random.Random(0)
+    references = {r["id"]: problem(r) for r, _ in data["train"]}
+    train += [(p, perturbed(p, rng)) for p in references.values() if p.ops for _ in range(args.perturb)]
+    rng.shuffle(train)
     examples = [example(tok, p, s, args.labels == "dense") for p, s in train]
     wrong = sum(1 for p, s in train for v in check_steps(p, s).correct if not v)
     print(json.dumps({"train_solutions": len(train), "train_wrong_steps": wrong,
