@@ -22,7 +22,7 @@ import torch
 
 from exp_target import evaluate, sample, shape
 from specs_llm.testbed.quality import roc_auc
-from specs_llm.testbed.task import Difficulty, check_steps, make_split, training_problems
+from specs_llm.testbed.task import Difficulty, apply, check_steps, make_split, training_problems
 from specs_llm.testbed.tokenizer import corpus, train_tokenizer
 from specs_llm.testbed.train import Schedule, lm_example, new_lm, prm_example
 
@@ -54,7 +54,7 @@ def perturbed(p, rng: random.Random) -> tuple[list[str], list[bool]]:
         elif kind == "start":
             a = max(0, v[k] + rng.choice((-1, 1)) * rng.choice(_DELTAS))
             op, x = p.ops[k]
-            out.append(f"{a} {op} {x} = {_apply(a, op, x)}.")
+            out.append(f"{a} {op} {x} = {apply(a, op, x)}.")
         else:  # the wrong operation or operand, computed correctly
             op, x = p.ops[k]
             if kind == "skip" and m > 1:
@@ -63,12 +63,8 @@ def perturbed(p, rng: random.Random) -> tuple[list[str], list[bool]]:
                 x = max(1, x + rng.choice((-1, 1)) * rng.choice((1, 2, 10)))
                 if (op, x) == p.ops[k]:
                     x += 1
-            out.append(f"{v[k]} {op} {x} = {_apply(v[k], op, x)}.")
+            out.append(f"{v[k]} {op} {x} = {apply(v[k], op, x)}.")
     return out, list(check_steps(p, out).correct)
-
-
-def _apply(a, op, b):
-    return a + b if op == "+" else a - b if op == "-" else a * b
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from exp_target import sample
 from specs_llm.backends.base import State
 from specs_llm.backends.common import encode, prm_input
 from specs_llm.testbed.quality import roc_auc
-from specs_llm.testbed.task import check_steps, read_jsonl, training_problems
+from specs_llm.testbed.task import apply, check_steps, read_jsonl, training_problems
 from specs_llm.testbed.tokenizer import load_tokenizer
 from specs_llm.testbed.train import Schedule, prm_from_lm, train_prm
 
@@ -48,8 +48,7 @@ def right_step(problem, steps, i) -> str | None:
             return None
     if i < len(problem.ops):
         op, x = problem.ops[i]
-        c = stated + x if op == "+" else stated - x if op == "-" else stated * x
-        return f"{stated} {op} {x} = {c}."
+        return f"{stated} {op} {x} = {apply(stated, op, x)}."
     return f"The answer is \\boxed{{{stated}}}." if i == len(problem.ops) else None
 
 
@@ -77,8 +76,9 @@ def example(tok, problem, steps, dense: bool):
 def perturbed(problem, rng: random.Random) -> list[str]:
     """The reference solution with one arithmetic step made wrong, as samplers err:
     its result off by 1, 2 or 10 (a carry or borrow), or an operand miscopied
-    (the next operation's, or off by 1); the steps after it go on correctly from
-    the wrong value, so only that step is locally wrong."""
+    (another operation's, or off by 1); the steps after it go on correctly from
+    the wrong value, so only that step is locally wrong (unlike
+    `exp_joint.perturbed`, which cuts the solution after the wrong step)."""
     i = rng.randrange(len(problem.ops))
     value = problem.values[i]
     op, x = problem.ops[i]
@@ -86,16 +86,15 @@ def perturbed(problem, rng: random.Random) -> list[str]:
     if kind == "operand":
         others = [b for o, b in problem.ops if (o, b) != (op, x)]
         x2 = rng.choice(others) if others and rng.random() < 0.5 else x + rng.choice((-1, 1))
-        result = value + x2 if op == "+" else value - x2 if op == "-" else value * x2
+        result = apply(value, op, x2)
         wrong = f"{value} {op} {x2} = {result}."
     else:
         result = problem.values[i + 1] + rng.choice((-10, -2, -1, 1, 2, 10))
         wrong = f"{value} {op} {x} = {result}."
     steps = list(problem.steps[:i]) + [wrong]
     for o, b in problem.ops[i + 1:]:
-        nxt = result + b if o == "+" else result - b if o == "-" else result * b
-        steps.append(f"{result} {o} {b} = {nxt}.")
-        result = nxt
+        steps.append(f"{result} {o} {b} = {apply(result, o, b)}.")
+        result = apply(result, o, b)
     return steps + [f"The answer is \\boxed{{{result}}}."]
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "FORMS",
     "Difficulty",
     "Problem",
+    "apply",
     "StepCheck",
     "sample_problem",
     "make_split",
@@ -129,7 +130,7 @@ class Problem:
         """The running value after 0, 1, ..., m operations."""
         out = [self.start]
         for op, x in self.ops:
-            out.append(_apply(out[-1], op, x))
+            out.append(apply(out[-1], op, x))
         return tuple(out)
 
     @property
@@ -157,7 +158,8 @@ class Problem:
                 "start": self.start, "ops": [list(o) for o in self.ops], "form": self.form}
 
 
-def _apply(a: int, op: str, b: int) -> int:
+def apply(a: int, op: str, b: int) -> int:
+    """``a op b`` for an operator of `OPERATORS`."""
     return a + b if op == "+" else a - b if op == "-" else a * b
 
 
@@ -205,7 +207,7 @@ def sample_problem(rng: random.Random, difficulty: Difficulty = Difficulty(), *,
         else:
             x = _operand(rng, d.digits)
         ops.append((op, x))
-        value = _apply(value, op, x)
+        value = apply(value, op, x)
     form = rng.choice(d.forms)
     return Problem(id, start, tuple(ops), _question(rng, start, ops, form), form)
 
@@ -276,7 +278,7 @@ def check_steps(problem: Problem, steps: Sequence[str]) -> StepCheck:
             pass  # nothing may follow the answer
         elif arithmetic and i < len(problem.ops):
             a, op, b, c = int(arithmetic[1]), arithmetic[2], int(arithmetic[3]), int(arithmetic[4])
-            ok = a == stated and (op, b) == problem.ops[i] and c == _apply(a, op, b)
+            ok = a == stated and (op, b) == problem.ops[i] and c == apply(a, op, b)
             stated = c
         elif answer:
             ok = i == len(problem.ops) and int(answer[1]) == stated
